@@ -117,14 +117,20 @@ def search_all(
     z_threshold: float = math.inf,
     power_of_two: bool = True,
     signed: bool | None = None,
+    candidates: np.ndarray | None = None,
 ) -> dict[ErrorMethod, SearchResult]:
-    """Search with several methods over one shared candidate set."""
+    """Search with several methods over one shared candidate set.
+
+    ``candidates`` replaces the generated set (largest first), e.g. to score one given
+    threshold.
+    """
     total = dist.count
     kept = remove_outliers(dist, z_threshold)
     kept_fraction = kept.count / total if total else 1.0
     is_signed = bool(kept.min < 0) if signed is None else signed
     max_abs = max(abs(kept.min), abs(kept.max)) if is_signed else max(kept.max, 0.0)
-    candidates = candidate_thresholds(max_abs, power_of_two)
+    if candidates is None:
+        candidates = candidate_thresholds(max_abs, power_of_two)
     results: dict[ErrorMethod, SearchResult] = {}
     cells = _Cells(kept, candidates, n_bits, is_signed) if len(kept.n) else None
     for method in methods:
@@ -143,14 +149,15 @@ def search_all(
         if method is ErrorMethod.NOCLIPPING:
             choice = _no_clipping_index(candidates, max_abs)
         else:
-            choice = _argmin_prefer_large(errors)
+            choice = argmin_prefer_large(errors)
         results[method] = SearchResult(
             method, float(candidates[choice]), is_signed, n_bits, candidates, errors, kept_fraction
         )
     return results
 
 
-def _argmin_prefer_large(errors: np.ndarray) -> int:
+def argmin_prefer_large(errors: np.ndarray) -> int:
+    """Index of the smallest error; near-ties go to the earliest (largest) candidate."""
     finite = np.where(np.isfinite(errors), errors, np.inf)
     best = float(finite.min())
     tol = TIE_RTOL * abs(best) + 1e-300

@@ -1,0 +1,132 @@
+"""Activation quantization of every point, from calibration statistics and settings alone.
+
+This is the numpy step between calibration and simulation, and what the language server
+reruns on a config edit: thresholds for the configured method and for every other method
+(to compare calibrators), the predicted quantization error of each, and the summary
+statistics that the diagnosis rules read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quantlens.core.distribution import Distribution
+from quantlens.core.metrics import sqnr_from_sums
+from quantlens.core.settings import QuantSettings
+from quantlens.core.stats import CalibrationResult, PointInfo, PointStats
+from quantlens.core.thresholds import ErrorMethod, SearchResult, search_all
+
+IQR_FENCE = 1.5
+"""Tukey's fence: values beyond 1.5 * IQR outside the quartiles are outliers."""
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """How one point's output is quantized and what that costs, predicted from statistics."""
+
+    point: str
+    quantize: bool
+    threshold: float
+    signed: bool
+    n_bits: int
+    error_method: str
+    z_threshold: float
+    min: float
+    max: float
+    mean: float
+    std: float
+    count: int
+    negative_fraction: float
+    q1: float
+    q3: float
+    iqr_outlier_fraction: float
+    kept_fraction: float
+    predicted_sqnr_db: float
+    """Activation-only SQNR at the chosen threshold, exact from the histogram (no forward)."""
+    method_thresholds: dict[str, float] = field(default_factory=dict)
+    method_sqnr_db: dict[str, float] = field(default_factory=dict)
+    """Activation-only SQNR each method's threshold would give, measured on all values."""
+    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """Error-vs-threshold curve per method: (candidates, mean errors)."""
+
+    def to_json(self, with_curves: bool = True) -> dict:
+        out = {
+            "threshold": self.threshold,
+            "signed": self.signed,
+            "n_bits": self.n_bits,
+            "error_method": self.error_method,
+            "z_threshold": "inf" if math.isinf(self.z_threshold) else self.z_threshold,
+            "quantize": self.quantize,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "std": self.std,
+            "count": self.count,
+            "negative_fraction": self.negative_fraction,
+            "q1": self.q1,
+            "q3": self.q3,
+            "iqr_outlier_fraction": self.iqr_outlier_fraction,
+            "kept_fraction": self.kept_fraction,
+            "predicted_sqnr_db": self.predicted_sqnr_db,
+            "method_thresholds": self.method_thresholds,
+            "method_sqnr_db": self.method_sqnr_db,
+        }
+        if with_curves:
+            out["curves"] = {m: {"thresholds": c[0], "errors": c[1]} for m, c in self.curves.items()}
+        return out
+
+
+def quantize_activations(calibration: CalibrationResult, settings: QuantSettings) -> dict[str, ActivationQuant]:
+    """Thresholds and predictions for every point (numpy only)."""
+    return {p.name: quantize_point(p, calibration.stats[p.name], settings) for p in calibration.points}
+
+
+def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings) -> ActivationQuant:
+    override = settings.for_point([point.name, *point.modules], point.module_types)
+    n_bits = override.activation_n_bits or settings.activation_n_bits
+    dist = stats.distribution()
+    results = search_all(
+        dist, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
+        power_of_two=settings.power_of_two_thresholds,
+    )
+    chosen = results[settings.activation_error_method]
+    method_sqnr = {m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed) for m, r in results.items()}
+    q1, q3 = (float(v) for v in dist.quantile(np.array([0.25, 0.75])))
+    iqr = q3 - q1
+    return ActivationQuant(
+        point=point.name,
+        quantize=override.quantize,
+        threshold=chosen.threshold,
+        signed=chosen.signed,
+        n_bits=n_bits,
+        error_method=settings.activation_error_method.value,
+        z_threshold=settings.z_threshold,
+        min=stats.min,
+        max=stats.max,
+        mean=dist.mean,
+        std=dist.std,
+        count=stats.count,
+        negative_fraction=stats.negative_fraction(),
+        q1=q1,
+        q3=q3,
+        iqr_outlier_fraction=dist.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr),
+        kept_fraction=chosen.kept_fraction,
+        predicted_sqnr_db=method_sqnr[chosen.method.value],
+        method_thresholds={m.value: r.threshold for m, r in results.items()},
+        method_sqnr_db=method_sqnr,
+        curves={m.value: _curve(r) for m, r in results.items()},
+    )
+
+
+def predicted_sqnr(dist: Distribution, threshold: float, n_bits: int, signed: bool) -> float:
+    """Activation-only SQNR (dB) of one threshold over *all* values (outliers included)."""
+    result = search_all(dist, n_bits, methods=(ErrorMethod.MSE,), signed=signed,
+                        candidates=np.array([threshold]))[ErrorMethod.MSE]
+    return sqnr_from_sums(dist.sumsq, float(result.errors[0]) * dist.count)
+
+
+def _curve(result: SearchResult) -> tuple[list[float], list[float]]:
+    return [float(c) for c in result.candidates], [float(e) for e in result.errors]

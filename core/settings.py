@@ -1,0 +1,132 @@
+"""Quantization settings, with MCT's names and defaults.
+
+One name per concept: the keys users write in ``[tool.quantlens]`` are the field names here,
+the names in the JSON result and the names MCT's ``QuantizationConfig`` uses, so a finding
+can say "set z_threshold = 9" and mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantlens.core.thresholds import ErrorMethod
+
+MAX_BITS = 16
+"""Widest quantizer simulated; the float-bits histogram is exact up to 8 bits."""
+
+
+@dataclass(frozen=True)
+class PointOverride:
+    """Per-point or per-module-type settings: the way to test a suspicion about a layer."""
+
+    activation_n_bits: int | None = None
+    weights_n_bits: int | None = None
+    quantize: bool = True
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How the model is quantized (mirrors MCT's QuantizationConfig where MCT has a name)."""
+
+    activation_n_bits: int = 8
+    weights_n_bits: int = 8
+    activation_error_method: ErrorMethod = ErrorMethod.MSE
+    weights_error_method: ErrorMethod = ErrorMethod.MSE
+    l_p_value: float = 2.0
+    z_threshold: float = math.inf
+    weights_per_channel_threshold: bool = True
+    power_of_two_thresholds: bool = True
+    shift_negative_activation_correction: bool = False
+    overrides: dict[str, PointOverride] = field(default_factory=dict)
+    """Keyed by point name, qualified module name or module type (e.g. ``"Linear"``)."""
+
+    def with_changes(self, **changes: Any) -> QuantSettings:
+        return dataclasses.replace(self, **changes)
+
+    def for_point(self, names: list[str], module_types: list[str]) -> PointOverride:
+        """The override that applies to a point: by name first, then by module type."""
+        for key in [*names, *module_types]:
+            if key in self.overrides:
+                return self.overrides[key]
+        return PointOverride()
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ErrorMethod):
+                value = value.value
+            elif f.name == "overrides":
+                value = {k: dataclasses.asdict(v) for k, v in value.items()}
+            elif isinstance(value, float) and math.isinf(value):
+                value = "inf"
+            out[f.name] = value
+        return out
+
+
+SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(QuantSettings))
+
+
+def coerce_setting(name: str, value: Any) -> Any:
+    """Check and convert one user value; raises ValueError with a message for the user."""
+    if name in ("activation_n_bits", "weights_n_bits"):
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_BITS:
+            raise ValueError(f"{name} must be a whole number of bits from 2 to {MAX_BITS}, got {value!r}")
+        return value
+    if name in ("activation_error_method", "weights_error_method"):
+        try:
+            return ErrorMethod(str(value).upper())
+        except ValueError:
+            names = ", ".join(m.value for m in ErrorMethod)
+            raise ValueError(f"{name} must be one of {names}, got {value!r}") from None
+    if name == "l_p_value":
+        number = _number(name, value)
+        if not number > 0 or not math.isfinite(number):
+            raise ValueError(f"l_p_value must be a positive number, got {value!r}")
+        return number
+    if name == "z_threshold":
+        number = _number(name, value)
+        if not number > 0:
+            raise ValueError(f"z_threshold must be positive (inf turns outlier removal off), got {value!r}")
+        return number
+    if name in ("weights_per_channel_threshold", "power_of_two_thresholds", "shift_negative_activation_correction"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    raise ValueError(f"unknown setting {name!r}")
+
+
+def coerce_override(value: Any) -> PointOverride:
+    """An override table, e.g. ``{activation_n_bits = 16}`` or ``{quantize = false}``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an override must be a table such as {{activation_n_bits = 16}}, got {value!r}")
+    known = {f.name for f in dataclasses.fields(PointOverride)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown override key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    args: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "quantize":
+            if not isinstance(item, bool):
+                raise ValueError(f"quantize must be true or false, got {item!r}")
+            args[key] = item
+        else:
+            args[key] = coerce_setting(key, item)
+    return PointOverride(**args)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, got NaN")
+    return number

@@ -1,0 +1,95 @@
+"""Calibration: one pass of the representative data through the float model.
+
+The first batch runs twice: once to discover the points (fusion follows tensor identity,
+so it needs a whole forward before the points are known), then with the collectors like
+every other batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantlens.core.errors import Problem, QuantlensError
+from quantlens.core.stats import CalibrationResult
+from quantlens.core.torch_engine.collector import Collector
+from quantlens.core.torch_engine.discovery import Discovery
+from quantlens.core.torch_engine.instrument import Instrumentation
+from quantlens.core.torch_engine.loading import Batch, to_batch, user_error
+from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
+
+Progress = Callable[[int, int | None], None]
+"""Called with (batches done, total or None) after every batch."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def as_batches(items: Iterable[Any], device: torch.device) -> Iterable[Batch]:
+    for i, item in enumerate(items):
+        yield item if isinstance(item, Batch) else to_batch(item, device, False, None, i)
+
+
+def run_forward(model: nn.Module, batch: Batch, roots: list[Path]) -> Any:
+    """Forward one batch; an exception in the user's code becomes a located problem."""
+    try:
+        return model(*batch.args, **batch.kwargs)
+    except QuantlensError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise user_error("the model's forward raised", exc, roots, None) from None
+
+
+def calibrate_batches(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    roots: list[Path],
+    sites: ConstructionSites | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> CalibrationResult:
+    model.eval()
+    device = model_device(model)
+    workspace = Workspace(roots)
+    collector: Collector | None = None
+    count = samples = 0
+    signature = ""
+    with torch.no_grad():
+        for batch in as_batches(batches, device):
+            if collector is None:
+                discovery = Discovery(model, workspace, sites)
+                with Instrumentation(model, discovery):
+                    run_forward(model, batch, roots)
+                points = discovery.points()
+                if not points:
+                    raise QuantlensError([Problem(
+                        "no quantization points found: the model has no conv, linear, activation or "
+                        "functional op that deployment would quantize", None, code="model")])
+                collector = Collector(points, model, device)
+                instrumentation = Instrumentation(model, collector, watched=collector.watched)
+                signature = _signature(batch)
+            collector.half = count % 2
+            with instrumentation:
+                run_forward(model, batch, roots)
+            count += 1
+            samples += batch.size
+            if progress:
+                progress(count, total)
+    if collector is None:
+        raise QuantlensError([Problem("the representative dataset is empty", None, code="data")])
+    return CalibrationResult(
+        points=points, stats=collector.finish(), num_batches=count, num_samples=samples, input_signature=signature,
+    )
+
+
+def _signature(batch: Batch) -> str:
+    parts = [f"{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in batch.args if isinstance(t, torch.Tensor)]
+    parts += [f"{k}={tuple(v.shape)}" for k, v in batch.kwargs.items() if isinstance(v, torch.Tensor)]
+    return ", ".join(parts)

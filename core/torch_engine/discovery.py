@@ -1,0 +1,204 @@
+"""Finding the quantization points of a model from one forward pass.
+
+The first calibration batch runs with a discovery handler that follows tensors by identity:
+a BatchNorm whose input *is* a conv's output is folded into it, an activation whose input
+*is* that output is fused. The result is the list of points in execution order, each with
+the modules it covers, its creating line and its call site.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantlens.core.errors import Location
+from quantlens.core.stats import PointInfo
+from quantlens.core.torch_engine import ops
+from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
+from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
+
+
+@dataclass
+class _Group:
+    """A point under construction: an anchor module and what got fused onto it."""
+
+    members: list[str]
+    kinds: list[str]
+    module_types: list[str]
+    activation: str | None = None
+    function_key: str | None = None
+    """Set when the group ends in a functional op (its output is the point)."""
+    func: Callable | None = None
+    func_kwargs: dict[str, Any] = field(default_factory=dict)
+    order: int = 0
+    ndim: int = 0
+    num_inputs: int = 1
+    call_site: Location | None = None
+
+
+class Discovery:
+    """Handler for :class:`Instrumentation` that builds the point list."""
+
+    def __init__(self, model: nn.Module, workspace: Workspace, sites: ConstructionSites | None):
+        self.model = model
+        self.workspace = workspace
+        self.sites = sites
+        self.modules = dict(model.named_modules())
+        self.groups: dict[str, _Group] = {}
+        self.group_of_module: dict[str, str] = {}
+        self.producer: dict[int, tuple[torch.Tensor, str, int]] = {}
+        """id(tensor) -> (tensor kept alive, group name, fusion stage: 0 anchor, 1 after BN, 2 final)."""
+        self.conflicts: set[str] = set()
+        self.call_sites: dict[str, Location] = {}
+        self._order = 0
+
+    # -- handler interface -------------------------------------------------------------
+    def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if name not in self.call_sites:
+            frames = self.workspace.frames(sys._getframe(1))
+            if frames:
+                self.call_sites[name] = frames[0]
+
+    def module_output(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not ops.is_point_module(module):
+            return None
+        out = first_tensor(output)
+        inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        source = self._producer(inp)
+        if isinstance(module, ops.WEIGHTED):
+            self._new_group(name, [name], ["weighted"], [type(module).__name__], out)
+            self._mark(out, name, 0)
+            return None
+        if isinstance(module, ops.BATCHNORM) and source and source[1] == 0 and self._fusable(name, source[0]):
+            self._fuse(source[0], name, "bn", module, None)
+            self._mark(out, source[0], 1)
+            return None
+        act = ops.activation_name(module)
+        if act and source and source[1] in (0, 1) and self._fusable(name, source[0]):
+            self._fuse(source[0], name, "act", module, act)
+            self._mark(out, source[0], 2)
+            return None
+        if name in self.group_of_module:
+            # A shared module met again in another context: keep its first role.
+            return None
+        group = self._new_group(name, [name], ["module"], [type(module).__name__], out)
+        group.activation = act
+        self._mark(out, name, 2)
+        return None
+
+    def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
+                        kwargs: dict[str, Any], output: Any) -> None:
+        out = first_tensor(output)
+        if out is None or not out.is_floating_point():
+            return None
+        inputs = tensor_inputs(op, args, kwargs)
+        source = self._producer(inputs[0] if inputs else None)
+        call_site = self._function_call_site()
+        if op in ops.ACTIVATION_OPS and source and source[1] in (0, 1):
+            group = self.groups[source[0]]
+            if group.activation is None:
+                group.members.append(key)
+                group.kinds.append("function")
+                group.module_types.append(op)
+                group.activation = op
+                group.function_key = key
+                group.func = func
+                group.func_kwargs = {k: v for k, v in kwargs.items()}
+                self._mark(out, source[0], 2)
+                return None
+        group = self._new_group(key, [], [], [], out)
+        group.function_key = key
+        group.func = func
+        group.activation = op if op in ops.ACTIVATION_OPS else None
+        group.num_inputs = max(len(inputs), 1)
+        group.kinds = ["function"]
+        group.module_types = [op]
+        group.call_site = call_site
+        self._mark(out, key, 2)
+        return None
+
+    # -- helpers -----------------------------------------------------------------------
+    def _producer(self, tensor: torch.Tensor | None) -> tuple[str, int] | None:
+        if tensor is None:
+            return None
+        hit = self.producer.get(id(tensor))
+        if hit is None or hit[0] is not tensor:
+            return None
+        return hit[1], hit[2]
+
+    def _mark(self, tensor: torch.Tensor | None, group_name: str, stage: int) -> None:
+        if tensor is not None:
+            self.producer[id(tensor)] = (tensor, group_name, stage)
+
+    def _new_group(self, name: str, members: list[str], kinds: list[str], types: list[str],
+                   out: torch.Tensor | None) -> _Group:
+        group = _Group(members, kinds, types, order=self._order, ndim=out.ndim if out is not None else 0)
+        self._order += 1
+        self.groups[name] = group
+        for m in members:
+            self.group_of_module[m] = name
+        return group
+
+    def _fusable(self, module_name: str, group_name: str) -> bool:
+        owner = self.group_of_module.get(module_name)
+        if owner is not None and owner != group_name:
+            self.conflicts.add(module_name)
+        return owner is None
+
+    def _fuse(self, group_name: str, module_name: str, kind: str, module: nn.Module, act: str | None) -> None:
+        group = self.groups[group_name]
+        group.members.append(module_name)
+        group.kinds.append(kind)
+        group.module_types.append(type(module).__name__)
+        if act:
+            group.activation = act
+        self.group_of_module[module_name] = group_name
+
+    def _function_call_site(self) -> Location | None:
+        frames = self.workspace.frames(sys._getframe(1))
+        return frames[0] if frames else None
+
+    # -- result ------------------------------------------------------------------------
+    def points(self) -> list[PointInfo]:
+        """The discovered points in execution order."""
+        result: list[PointInfo] = []
+        for name, group in sorted(self.groups.items(), key=lambda kv: kv[1].order):
+            modules = [m for m, k in zip(group.members, group.kinds) if k != "function"]
+            anchor = self.modules.get(modules[0]) if modules else None
+            frames = self.sites.get(anchor) if (self.sites is not None and anchor is not None) else []
+            call_site = self.call_sites.get(modules[0]) if modules else group.call_site
+            source = frames[0] if frames else call_site
+            weight_module = modules[0] if isinstance(anchor, ops.WEIGHTED) else None
+            folded = next((m for m, k in zip(group.members, group.kinds) if k == "bn"), None)
+            result.append(PointInfo(
+                name=name,
+                kind="module" if modules else "function",
+                op="+".join(group.module_types),
+                modules=modules,
+                module_types=[t for t, k in zip(group.module_types, group.kinds) if k != "function"],
+                activation=group.activation,
+                source=source,
+                source_stack=list(frames[1:]) if frames else [],
+                call_site=call_site,
+                output_function=group.function_key,
+                weight_module=weight_module,
+                folded_bn=folded,
+                channel_axis=self._channel_axis(anchor, group.ndim),
+                order=len(result),
+                num_inputs=group.num_inputs,
+            ))
+        return result
+
+    @staticmethod
+    def _channel_axis(anchor: nn.Module | None, ndim: int) -> int:
+        """NCHW/NCDHW tensors and conv-family outputs are channels-first; the rest channels-last."""
+        if ndim <= 1:
+            return 0
+        if ndim in (4, 5) or (ndim == 3 and isinstance(anchor, ops.CHANNELS_FIRST)):
+            return 1
+        return ndim - 1
