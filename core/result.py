@@ -1,0 +1,131 @@
+"""The whole result of an analysis, and its JSON form (documented in docs/result-format.md).
+
+The JSON is the contract between the engine, the CLI's ``--json``, the language server and
+CI; ``FORMAT`` names its version.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantlens.core.activations import ActivationQuant
+from quantlens.core.errors import Problem
+from quantlens.core.metrics import ErrorSums
+from quantlens.core.settings import QuantSettings
+from quantlens.core.stats import CalibrationResult, PointInfo
+from quantlens.core.weights import WeightReport
+
+FORMAT = "quantlens.result/1"
+
+
+@dataclass
+class PointResult:
+    """Everything known about one quantization point."""
+
+    info: PointInfo
+    activation: ActivationQuant
+    weights: WeightReport | None = None
+    isolated: ErrorSums | None = None
+    cumulative: ErrorSums | None = None
+    custom: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def to_json(self, with_curves: bool = True) -> dict:
+        info = self.info
+        return {
+            "name": info.name,
+            "kind": info.kind,
+            "op": info.op,
+            "modules": info.modules,
+            "module_types": info.module_types,
+            "activation_function": info.activation,
+            "source": info.source.to_json() if info.source else None,
+            "source_stack": [loc.to_json() for loc in info.source_stack],
+            "call_site": info.call_site.to_json() if info.call_site else None,
+            "order": info.order,
+            "activation": self.activation.to_json(with_curves),
+            "weights": self.weights.to_json() if self.weights else None,
+            "metrics": {
+                "isolated": self.isolated.to_json() if self.isolated else None,
+                "cumulative": self.cumulative.to_json() if self.cumulative else None,
+                "custom": self.custom,
+            },
+        }
+
+
+@dataclass
+class OutputMetrics:
+    """The model's output, float against fully quantized."""
+
+    error: ErrorSums = field(default_factory=ErrorSums)
+    top1_agreement: float | None = None
+    float_eval: dict[str, float] = field(default_factory=dict)
+    quant_eval: dict[str, float] = field(default_factory=dict)
+    custom: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            **self.error.to_json(),
+            "top1_agreement": self.top1_agreement,
+            "float_evaluation": self.float_eval,
+            "quantized_evaluation": self.quant_eval,
+            "custom": self.custom,
+        }
+
+
+@dataclass
+class AnalysisResult:
+    settings: QuantSettings
+    calibration: CalibrationResult
+    points: list[PointResult]
+    output: OutputMetrics
+    problems: list[Problem] = field(default_factory=list)
+    """Non-fatal problems met on the way (e.g. NaN/Inf at a point)."""
+    model: str = ""
+    data: str = ""
+    config_file: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def point(self, name: str) -> PointResult:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def to_json(self, with_curves: bool = True) -> dict[str, Any]:
+        return _clean({
+            "format": FORMAT,
+            "model": self.model,
+            "data": self.data,
+            "config_file": self.config_file,
+            "settings": self.settings.to_json(),
+            "calibration": {
+                "num_batches": self.calibration.num_batches,
+                "num_samples": self.calibration.num_samples,
+                "input_signature": self.calibration.input_signature,
+            },
+            "output": self.output.to_json(),
+            "points": [p.to_json(with_curves) for p in self.points],
+            "problems": [p.to_json() for p in self.problems],
+            "timings_s": self.timings,
+        })
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no inf/NaN: infinities become strings, NaN becomes null."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value

@@ -1,0 +1,79 @@
+"""The per-point table and summary that ``quantlens check`` prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantlens.core.errors import Location
+from quantlens.core.result import AnalysisResult, PointResult
+
+
+def relative(location: Location | None, root: Path | None) -> str:
+    if location is None:
+        return "-"
+    path = Path(location.file)
+    if root is not None:
+        try:
+            path = path.relative_to(root)
+        except ValueError:
+            pass
+    return f"{path}:{location.line}" if location.line else str(path)
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _row(p: PointResult, root: Path | None) -> list[str]:
+    a = p.activation
+    return [
+        p.name,
+        p.info.op,
+        relative(p.info.source, root),
+        f"[{a.min:.3g}, {a.max:.3g}]",
+        f"{a.threshold:g}" if a.quantize else "float",
+        a.error_method,
+        "s" if a.signed else "u",
+        _db(p.isolated.sqnr_db if p.isolated else None),
+        _db(p.cumulative.sqnr_db if p.cumulative else None),
+        f"{100 * a.iqr_outlier_fraction:.1f}",
+    ]
+
+
+HEADER = ["point", "type", "source", "range", "threshold", "method", "sign", "iso dB", "cum dB", "IQR out %"]
+RIGHT = {3, 4, 7, 8, 9}
+
+
+def format_table(result: AnalysisResult, root: Path | None) -> str:
+    rows = [HEADER] + [_row(p, root) for p in result.points]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i in RIGHT else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_summary(result: AnalysisResult) -> str:
+    s = result.settings
+    out = result.output
+    parts = [
+        f"{len(result.points)} quantization points, {result.calibration.num_samples} samples in "
+        f"{result.calibration.num_batches} batches ({result.calibration.input_signature})",
+        f"settings: activations {s.activation_n_bits}-bit {s.activation_error_method.value}, weights "
+        f"{s.weights_n_bits}-bit {s.weights_error_method.value}"
+        f"{' per-channel' if s.weights_per_channel_threshold else ' per-tensor'}, "
+        f"{'power-of-two' if s.power_of_two_thresholds else 'free'} thresholds, z_threshold={s.z_threshold:g}",
+        f"model output: SQNR {out.error.sqnr_db:.1f} dB, cosine {out.error.cosine:.5f}"
+        + (f", top-1 agreement {100 * out.top1_agreement:.1f}%" if out.top1_agreement is not None else ""),
+    ]
+    for key in sorted(set(out.float_eval) | set(out.quant_eval)):
+        f, q = out.float_eval.get(key), out.quant_eval.get(key)
+        parts.append(f"validation {key}: float {f:.4g} -> quantized {q:.4g}" if f is not None and q is not None else "")
+    for name, value in out.custom.items():
+        parts.append(f"output metric {name}: {value:.4g}")
+    parts.append("SQNR is 20*log10(||x|| / ||x - q||) in dB: isolated = this point's own quantization on float "
+                 "inputs, cumulative = the fully quantized model at this point.")
+    return "\n".join(p for p in parts if p)
