@@ -12,6 +12,7 @@ from typing import Any
 
 from quantlens.core.activations import ActivationQuant
 from quantlens.core.errors import Problem
+from quantlens.core.findings import Finding
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
@@ -86,6 +87,8 @@ class AnalysisResult:
     output: OutputMetrics
     problems: list[Problem] = field(default_factory=list)
     """Non-fatal problems met on the way (e.g. NaN/Inf at a point)."""
+    findings: list[Finding] = field(default_factory=list)
+    """The diagnosis (filled by :func:`quantlens.core.diagnosis.diagnose`)."""
     model: str = ""
     data: str = ""
     config_file: str | None = None
@@ -111,6 +114,7 @@ class AnalysisResult:
             },
             "output": self.output.to_json(),
             "points": [p.to_json(with_curves) for p in self.points],
+            "findings": [f.to_json() for f in self.findings],
             "problems": [p.to_json() for p in self.problems],
             "timings_s": self.timings,
         })

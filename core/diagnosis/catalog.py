@@ -1,0 +1,77 @@
+"""The rule catalogue: stable ids, titles and what each rule looks for.
+
+Ids never change once published: suppressions (``# quantlens: ignore[rule]``), baselines
+and SARIF results refer to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantlens.core.findings import Severity
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    id: str
+    title: str
+    description: str
+    default_severity: Severity
+
+
+RULES: dict[str, RuleInfo] = {r.id: r for r in [
+    RuleInfo("degraded-layer", "Degraded layer",
+             "A point whose quantization error passes threshold_quantize_error (normalised MSE, cosine and SQNR).",
+             Severity.WARNING),
+    RuleInfo("outliers-zscore", "Activation outliers (z-score)",
+             "Values beyond threshold_zscore_outlier_removal standard deviations stretch the quantization range.",
+             Severity.WARNING),
+    RuleInfo("outliers-iqr", "Activation outliers (IQR)",
+             "More than 5% of the values lie outside 1.5*IQR of the quartiles (the DeiT outlier study's cut).",
+             Severity.INFO),
+    RuleInfo("shift-negative", "Shift negative activation",
+             "An activation with a small negative part (GELU, SiLU, Hardswish, ...) wastes half of a signed range.",
+             Severity.INFO),
+    RuleInfo("unbalanced-concat", "Unbalanced concatenation",
+             "Inputs of a concatenation whose ranges differ by more than threshold_ratio_unbalanced_concatenation.",
+             Severity.WARNING),
+    RuleInfo("mixed-precision-last-layer", "Low bit width on the last layer",
+             "The last layer is quantized at or below threshold_bitwidth_mixed_precision_with_model_output_loss_objective bits.",
+             Severity.WARNING),
+    RuleInfo("dataset-size", "Representative dataset too small or not diverse",
+             "Thresholds differ between two disjoint halves of the calibration data, or there are too few samples.",
+             Severity.WARNING),
+    RuleInfo("dataset-mismatch", "Representative dataset mismatch",
+             "Per-layer distributions differ between calibration and validation data.",
+             Severity.WARNING),
+    RuleInfo("bias-correction", "Bias shift from weight quantization",
+             "Weight quantization shifts the mean of output channels; bias correction would remove it.",
+             Severity.INFO),
+    RuleInfo("sensitive-layers", "Most sensitive layers",
+             "The points with the largest isolated error, and the output gain of keeping them at 16 bits.",
+             Severity.INFO),
+    RuleInfo("first-divergence", "Where the damage starts",
+             "The earliest point where the cumulative error jumps while earlier points are fine.",
+             Severity.INFO),
+    RuleInfo("calibrator-comparison", "Threshold method beaten or degenerate",
+             "The configured error method is clearly beaten by another, or a method lands on min/max everywhere.",
+             Severity.INFO),
+    RuleInfo("activation-product", "Product of two activations",
+             "Attention scores, gates and squeeze-excitation products multiply two quantized tensors.",
+             Severity.INFO),
+    RuleInfo("normalization-input-range", "Normalisation fed a huge range",
+             "A LayerNorm/GroupNorm whose input range is dominated by outliers.",
+             Severity.WARNING),
+    RuleInfo("output-degraded", "Model output degraded, no layer stands out",
+             "The output degrades though no single layer passes the thresholds.",
+             Severity.WARNING),
+    RuleInfo("global-degradation", "Most layers degraded",
+             "More than threshold_degrade_layer_ratio of the layers are degraded: a global problem.",
+             Severity.ERROR),
+    RuleInfo("degraded-unexplained", "Degraded, cause unknown",
+             "A degraded layer that no other rule explains.",
+             Severity.WARNING),
+    RuleInfo("nonfinite", "NaN or Inf in activations",
+             "A point produced NaN or Inf during calibration.",
+             Severity.ERROR),
+]}
