@@ -21,6 +21,10 @@ from quantlens.core.thresholds import ErrorMethod, SearchResult, search_all
 
 IQR_FENCE = 1.5
 """Tukey's fence: values beyond 1.5 * IQR outside the quartiles are outliers."""
+SHIFT_NEGATIVE_ACTIVATIONS = frozenset({
+    "gelu", "silu", "hardswish", "leaky_relu", "elu", "selu", "celu", "mish", "prelu",
+})
+"""Activations whose output has a small negative part (MCT's shift-negative correction targets)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class ActivationQuant:
     q3: float
     iqr_outlier_fraction: float
     kept_fraction: float
+    shift: float
+    """Offset added before quantizing (shift-negative correction), subtracted after."""
     predicted_sqnr_db: float
     """Activation-only SQNR at the chosen threshold, exact from the histogram (no forward)."""
     method_thresholds: dict[str, float] = field(default_factory=dict)
@@ -70,6 +76,7 @@ class ActivationQuant:
             "q3": self.q3,
             "iqr_outlier_fraction": self.iqr_outlier_fraction,
             "kept_fraction": self.kept_fraction,
+            "shift": self.shift,
             "predicted_sqnr_db": self.predicted_sqnr_db,
             "method_thresholds": self.method_thresholds,
             "method_sqnr_db": self.method_sqnr_db,
@@ -79,21 +86,32 @@ class ActivationQuant:
         return out
 
 
-def quantize_activations(calibration: CalibrationResult, settings: QuantSettings) -> dict[str, ActivationQuant]:
-    """Thresholds and predictions for every point (numpy only)."""
-    return {p.name: quantize_point(p, calibration.stats[p.name], settings) for p in calibration.points}
+def quantize_activations(calibration: CalibrationResult, settings: QuantSettings,
+                         compare_methods: bool = True) -> dict[str, ActivationQuant]:
+    """Thresholds and predictions for every point (numpy only).
+
+    ``compare_methods`` False searches the configured method only (no per-method thresholds
+    or curves), for re-simulations that need nothing else.
+    """
+    return {p.name: quantize_point(p, calibration.stats[p.name], settings, compare_methods) for p in calibration.points}
 
 
-def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings) -> ActivationQuant:
+def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
+                   compare_methods: bool = True) -> ActivationQuant:
     override = settings.for_point([point.name, *point.modules], point.module_types)
     n_bits = override.activation_n_bits or settings.activation_n_bits
     dist = stats.distribution()
+    shift = shift_for(point, stats.min) if settings.shift_negative_activation_correction else 0.0
+    searched = dist.shifted(shift) if shift else dist
     results = search_all(
-        dist, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
-        power_of_two=settings.power_of_two_thresholds,
+        searched, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
+        power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
+        methods=tuple(ErrorMethod) if compare_methods else (settings.activation_error_method,),
     )
     chosen = results[settings.activation_error_method]
-    method_sqnr = {m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed) for m, r in results.items()}
+    method_sqnr = {
+        m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()
+    }
     q1, q3 = (float(v) for v in dist.quantile(np.array([0.25, 0.75])))
     iqr = q3 - q1
     return ActivationQuant(
@@ -114,6 +132,7 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings)
         q3=q3,
         iqr_outlier_fraction=dist.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr),
         kept_fraction=chosen.kept_fraction,
+        shift=shift,
         predicted_sqnr_db=method_sqnr[chosen.method.value],
         method_thresholds={m.value: r.threshold for m, r in results.items()},
         method_sqnr_db=method_sqnr,
@@ -121,9 +140,19 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings)
     )
 
 
-def predicted_sqnr(dist: Distribution, threshold: float, n_bits: int, signed: bool) -> float:
-    """Activation-only SQNR (dB) of one threshold over *all* values (outliers included)."""
-    result = search_all(dist, n_bits, methods=(ErrorMethod.MSE,), signed=signed,
+def shift_for(point: PointInfo, minimum: float) -> float:
+    """Shift-negative correction offset: -min for a negative-tailed activation, else 0."""
+    return -minimum if point.activation in SHIFT_NEGATIVE_ACTIVATIONS and minimum < 0 else 0.0
+
+
+def predicted_sqnr(dist: Distribution, threshold: float, n_bits: int, signed: bool, shift: float = 0.0) -> float:
+    """Activation-only SQNR (dB) of one threshold over *all* values (outliers included).
+
+    With a shift, x + shift is quantized and the shift subtracted again: the error is that
+    of the shifted values, the signal that of the original ones.
+    """
+    quantized = dist.shifted(shift) if shift else dist
+    result = search_all(quantized, n_bits, methods=(ErrorMethod.MSE,), signed=signed,
                         candidates=np.array([threshold]))[ErrorMethod.MSE]
     return sqnr_from_sums(dist.sumsq, float(result.errors[0]) * dist.count)
 

@@ -135,6 +135,10 @@ class Distribution:
             object.__setattr__(self, "_prefix_cache", cached)
         return cached
 
+    def shifted(self, offset: float) -> Distribution:
+        """The distribution of x + offset (bins move; within-bin spread is unchanged)."""
+        return Distribution(self.lo + offset, self.hi + offset, self.n, self.s1 + offset * self.n, self.within_var)
+
     def restrict(self, low: float, high: float) -> Distribution:
         """The part of the distribution inside [low, high] (cut bins taken as uniform)."""
         if not len(self.lo):

@@ -89,6 +89,10 @@ class AnalysisResult:
     """Non-fatal problems met on the way (e.g. NaN/Inf at a point)."""
     findings: list[Finding] = field(default_factory=list)
     """The diagnosis (filled by :func:`quantlens.core.diagnosis.diagnose`)."""
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    """Re-simulations with the k most sensitive points at 16 bits: k, points, output SQNR."""
+    validation: CalibrationResult | None = None
+    """Statistics of the validation inputs at the same points (when validation is configured)."""
     model: str = ""
     data: str = ""
     config_file: str | None = None
@@ -113,6 +117,7 @@ class AnalysisResult:
                 "input_signature": self.calibration.input_signature,
             },
             "output": self.output.to_json(),
+            "sensitivity": self.sensitivity,
             "points": [p.to_json(with_curves) for p in self.points],
             "findings": [f.to_json() for f in self.findings],
             "problems": [p.to_json() for p in self.problems],

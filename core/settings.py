@@ -40,6 +40,8 @@ class QuantSettings:
     weights_per_channel_threshold: bool = True
     power_of_two_thresholds: bool = True
     shift_negative_activation_correction: bool = False
+    weights_bias_correction: bool = True
+    """MCT's default: subtract the mean output shift that weight quantization causes."""
     overrides: dict[str, PointOverride] = field(default_factory=dict)
     """Keyed by point name, qualified module name or module type (e.g. ``"Linear"``)."""
 
@@ -92,7 +94,8 @@ def coerce_setting(name: str, value: Any) -> Any:
         if not number > 0:
             raise ValueError(f"z_threshold must be positive (inf turns outlier removal off), got {value!r}")
         return number
-    if name in ("weights_per_channel_threshold", "power_of_two_thresholds", "shift_negative_activation_correction"):
+    if name in ("weights_per_channel_threshold", "power_of_two_thresholds", "shift_negative_activation_correction",
+                "weights_bias_correction"):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
         return value

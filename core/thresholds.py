@@ -172,7 +172,8 @@ def _no_clipping_index(candidates: np.ndarray, max_abs: float) -> int:
 class _Cells:
     """Per-candidate cell sums of a distribution: the shared work of every method."""
 
-    def __init__(self, dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool):
+    def __init__(self, dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool,
+                 allow_per_bin: bool = True):
         self.dist = dist
         grid = [Grid.of(float(t), n_bits, signed) for t in candidates]
         j = np.arange(grid[0].j_min, grid[0].j_max + 1, dtype=np.float64)
@@ -181,12 +182,18 @@ class _Cells:
         inner = (j[:-1] + 0.5)[None, :] * self.step  # (C, L-1)
         inf = np.full((len(candidates), 1), np.inf)
         self.bounds = np.concatenate((-inf, inner, inf), axis=1)  # (C, L+1)
-        cum = dist.cumulative(self.bounds)
-        self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in cum)
         self.total = dist.count
+        # Wide quantizers (16 bits) have more cells than the histogram has bins: score bins.
+        self.per_bin = allow_per_bin and len(j) > len(dist.n)
+        if not self.per_bin:
+            cum = dist.cumulative(self.bounds)
+            self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in cum)
 
     def lp(self, p: float) -> np.ndarray:
         """Mean |Q(x) - x|^p for every candidate."""
+        if self.per_bin:
+            extra = self.dist.within_var / self.total if p == 2.0 else 0.0
+            return self._lp_per_bin(p) + extra
         if p == 2.0:
             q = self.levels
             sse = np.sum(self.cell_q - 2 * q * self.cell_s1 + q * q * self.cell_n, axis=1)
@@ -218,7 +225,7 @@ def _kl_errors(dist: Distribution, candidates: np.ndarray, n_bits: int, signed: 
     """D_KL(P || Q) for each candidate (see the module docstring)."""
     resolution = 2.0 ** (math.floor(math.log2(candidates[0])) - (n_bits + 2))
     p_dist = _coarsen(dist, resolution)
-    cells = _Cells(p_dist, candidates, n_bits, signed)
+    cells = _Cells(p_dist, candidates, n_bits, signed, allow_per_bin=False)
     total = p_dist.count
     p_bins = p_dist.n / total
     widths = p_dist.hi - p_dist.lo

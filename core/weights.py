@@ -37,6 +37,9 @@ class WeightReport:
     change_score: float
     """DeiT outlier study: |mean(Wq)-mean(W)|/|mean(W)| + |std(Wq)-std(W)|/std(W)."""
     folded_bn: str | None = None
+    bias_shift: np.ndarray | None = None
+    """Per output channel: mean output change caused by weight quantization, (Wq - W) . E[x]."""
+    bias_corrected: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +58,8 @@ class WeightReport:
             "sqnr_db": self.sqnr_db,
             "change_score": self.change_score,
             "folded_bn": self.folded_bn,
+            "bias_shift": None if self.bias_shift is None else [float(v) for v in self.bias_shift],
+            "bias_corrected": self.bias_corrected,
         }
 
 
@@ -103,6 +108,16 @@ def quantize_weights(
         folded_bn=folded_bn,
     )
     return wq, report
+
+
+def output_mean_shift(weight: np.ndarray, quantized: np.ndarray, input_mean: np.ndarray, groups: int = 1) -> np.ndarray:
+    """(Wq - W) . E[x] per output channel, for linear (O, I) and conv (O, I/groups, *k) weights."""
+    delta = (np.asarray(quantized, dtype=np.float64) - np.asarray(weight, dtype=np.float64))
+    delta = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2)  # (O, I/groups)
+    out_channels, per_group = delta.shape
+    mean = np.asarray(input_mean, dtype=np.float64).reshape(groups, per_group)
+    group_of = np.arange(out_channels) // max(out_channels // groups, 1)
+    return np.einsum("oi,oi->o", delta, mean[group_of])
 
 
 def _row_threshold(row: np.ndarray, n_bits: int, method: ErrorMethod, p: float, pot: bool) -> float:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from quantlens.core.errors import Problem, QuantlensError
-from quantlens.core.stats import CalibrationResult
+from quantlens.core.stats import CalibrationResult, PointInfo
 from quantlens.core.torch_engine.collector import Collector
 from quantlens.core.torch_engine.discovery import Discovery
 from quantlens.core.torch_engine.instrument import Instrumentation
@@ -54,7 +54,10 @@ def calibrate_batches(
     sites: ConstructionSites | None = None,
     progress: Progress | None = None,
     total: int | None = None,
+    points: list[PointInfo] | None = None,
 ) -> CalibrationResult:
+    """Statistics of every point over ``batches``; ``points`` skips discovery (e.g. to
+    measure validation data at the calibration's points)."""
     model.eval()
     device = model_device(model)
     workspace = Workspace(roots)
@@ -64,10 +67,11 @@ def calibrate_batches(
     with torch.no_grad():
         for batch in as_batches(batches, device):
             if collector is None:
-                discovery = Discovery(model, workspace, sites)
-                with Instrumentation(model, discovery):
-                    run_forward(model, batch, roots)
-                points = discovery.points()
+                if points is None:
+                    discovery = Discovery(model, workspace, sites)
+                    with Instrumentation(model, discovery):
+                        run_forward(model, batch, roots)
+                    points = discovery.points()
                 if not points:
                     raise QuantlensError([Problem(
                         "no quantization points found: the model has no conv, linear, activation or "
@@ -82,7 +86,7 @@ def calibrate_batches(
             samples += batch.size
             if progress:
                 progress(count, total)
-    if collector is None:
+    if collector is None or points is None:
         raise QuantlensError([Problem("the representative dataset is empty", None, code="data")])
     return CalibrationResult(
         points=points, stats=collector.finish(), num_batches=count, num_samples=samples, input_signature=signature,

@@ -14,7 +14,7 @@ from quantlens.core.activations import quantize_activations
 from quantlens.core.config import FuncRef, ProjectConfig
 from quantlens.core.errors import Problem
 from quantlens.core.result import AnalysisResult, OutputMetrics, PointResult
-from quantlens.core.settings import QuantSettings
+from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.stats import CalibrationResult
 from quantlens.core.torch_engine.calibrate import Progress, calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
@@ -41,12 +41,13 @@ def analyze_calibrated(
     evaluate: Callable | None = None,
     progress: StageProgress | None = None,
     timings: dict[str, float] | None = None,
+    sensitive_k: tuple[int, ...] = (1, 3),
 ) -> AnalysisResult:
     """Everything after calibration; reusable when only the settings changed."""
     timings = timings if timings is not None else {}
     start = time.perf_counter()
     acts = quantize_activations(calibration, settings)
-    weights, reports = quantize_model_weights(model, calibration.points, settings)
+    weights, reports = quantize_model_weights(model, calibration.points, settings, calibration.stats)
     timings["thresholds"] = time.perf_counter() - start
     start = time.perf_counter()
     sim = simulate(
@@ -71,7 +72,35 @@ def analyze_calibrated(
         for name, s in calibration.stats.items() if s.nonfinite
     ]
     output = OutputMetrics(sim.output, sim.top1_agreement, sim.float_eval, sim.quant_eval, sim.custom.get("__output__", {}))
-    return AnalysisResult(settings, calibration, points, output, problems, timings=timings)
+    start = time.perf_counter()
+    sensitivity = measure_sensitivity(model, calibration, points, batches, settings, roots, sensitive_k)
+    validation_stats = None
+    if validation is not None:
+        validation_stats = calibrate_batches(model, validation(), roots, points=calibration.points)
+    timings["diagnosis_passes"] = time.perf_counter() - start
+    return AnalysisResult(settings, calibration, points, output, problems, sensitivity=sensitivity,
+                          validation=validation_stats, timings=timings)
+
+
+def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, points: list[PointResult],
+                        batches: BatchSource, settings: QuantSettings, roots: list[Path],
+                        ks: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Output SQNR with the k points of worst isolated SQNR kept at 16 bits (re-simulated)."""
+    ranked = sorted((p for p in points if p.isolated is not None and p.activation.quantize),
+                    key=lambda p: p.isolated.sqnr_db)  # type: ignore[union-attr]
+    out: list[dict[str, Any]] = []
+    for k in ks:
+        if k > len(ranked):
+            break
+        chosen = [p.name for p in ranked[:k]]
+        overrides = {**settings.overrides, **{n: PointOverride(activation_n_bits=16, weights_n_bits=16) for n in chosen}}
+        trial = settings.with_changes(overrides=overrides)
+        acts = quantize_activations(calibration, trial, compare_methods=False)
+        weights, _ = quantize_model_weights(model, calibration.points, trial, calibration.stats)
+        sim = simulate(model, calibration.points, acts, weights, batches(), roots)
+        out.append({"k": k, "points": chosen, "output_sqnr_db": sim.output.sqnr_db,
+                    "top1_agreement": sim.top1_agreement})
+    return out
 
 
 def analyze_model(

@@ -55,9 +55,12 @@ class SimulationResult:
 
 
 def fake_quant(y: torch.Tensor, q: ActivationQuant) -> torch.Tensor:
+    """MCT's uniform quantizer (see quantlens.core.quantizer), with the shift-negative offset."""
     levels = 2.0 ** (q.n_bits - 1) if q.signed else 2.0**q.n_bits
     step = q.threshold / levels
     low = -levels if q.signed else 0.0
+    if q.shift:
+        return torch.clamp(torch.round((y + q.shift) / step), low, levels - 1) * step - q.shift
     return torch.clamp(torch.round(y / step), low, levels - 1) * step
 
 
