@@ -46,7 +46,9 @@ class ActivationQuant:
     negative_fraction: float
     q1: float
     q3: float
+    """Quartiles of the non-zero values (exact zeros from ReLU-like clipping are left out)."""
     iqr_outlier_fraction: float
+    """Share of non-zero values beyond 1.5*IQR outside [q1, q3]."""
     kept_fraction: float
     shift: float
     """Offset added before quantizing (shift-negative correction), subtracted after."""
@@ -112,7 +114,8 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
     method_sqnr = {
         m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()
     }
-    q1, q3 = (float(v) for v in dist.quantile(np.array([0.25, 0.75])))
+    nonzero = dist.without_zeros()
+    q1, q3 = (float(v) for v in nonzero.quantile(np.array([0.25, 0.75])))
     iqr = q3 - q1
     return ActivationQuant(
         point=point.name,
@@ -130,7 +133,7 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
         negative_fraction=stats.negative_fraction(),
         q1=q1,
         q3=q3,
-        iqr_outlier_fraction=dist.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr),
+        iqr_outlier_fraction=nonzero.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr),
         kept_fraction=chosen.kept_fraction,
         shift=shift,
         predicted_sqnr_db=method_sqnr[chosen.method.value],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.settings import SETTING_NAMES, QuantSettings, coerce_override, coerce_setting
 
@@ -54,8 +55,7 @@ class ProjectConfig:
     device: str = "cpu"
     num_calibration_batches: int | None = None
     config_file: Path | None = None
-    diagnosis: dict[str, Any] = field(default_factory=dict)
-    """Raw ``[quantlens.diagnosis]`` table; checked by the diagnosis rules."""
+    diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
     ignore: tuple[str, ...] = ()
     locations: dict[str, Location] = field(default_factory=dict)
     """Where each key was written (key -> file and line)."""
@@ -198,10 +198,13 @@ def load_config(
         problems.append(Problem(f"num_calibration_batches must be a positive whole number, got {num_batches!r}", where("num_calibration_batches")))
         num_batches = None
 
-    diagnosis = project.get("diagnosis", {})
-    if not isinstance(diagnosis, dict):
+    diagnosis_table = project.get("diagnosis", {})
+    if not isinstance(diagnosis_table, dict):
         problems.append(Problem("diagnosis must be a table", where("diagnosis")))
-        diagnosis = {}
+        diagnosis_table = {}
+    diagnosis, bad = DiagnosisSettings.from_table(diagnosis_table)
+    for key, message in bad:
+        problems.append(Problem(message, locations.get(f"diagnosis.{key}") or where("diagnosis")))
     ignore = project.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
         problems.append(Problem("ignore must be a list of rule ids", where("ignore")))

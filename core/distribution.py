@@ -17,6 +17,10 @@ import numpy as np
 from quantlens.core import histogram
 
 
+ZERO_BIN = 1e-30
+"""Bins entirely within +-1e-30 hold zeros (and denormals): exactly representable values."""
+
+
 @dataclass(frozen=True)
 class Distribution:
     """Sorted, non-overlapping bins [lo, hi) with their count ``n`` and sum ``s1``.
@@ -138,6 +142,11 @@ class Distribution:
     def shifted(self, offset: float) -> Distribution:
         """The distribution of x + offset (bins move; within-bin spread is unchanged)."""
         return Distribution(self.lo + offset, self.hi + offset, self.n, self.s1 + offset * self.n, self.within_var)
+
+    def without_zeros(self) -> Distribution:
+        """The values that are not exactly zero (ReLU-family outputs hold many exact zeros)."""
+        keep = (self.hi > ZERO_BIN) | (self.lo < -ZERO_BIN)
+        return Distribution(self.lo[keep], self.hi[keep], self.n[keep], self.s1[keep], self.within_var)
 
     def restrict(self, low: float, high: float) -> Distribution:
         """The part of the distribution inside [low, high] (cut bins taken as uniform)."""

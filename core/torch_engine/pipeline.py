@@ -12,6 +12,7 @@ from torch import nn
 
 from quantlens.core.activations import quantize_activations
 from quantlens.core.config import FuncRef, ProjectConfig
+from quantlens.core.diagnosis import diagnose
 from quantlens.core.errors import Problem
 from quantlens.core.result import AnalysisResult, OutputMetrics, PointResult
 from quantlens.core.settings import PointOverride, QuantSettings
@@ -153,6 +154,9 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
         validation=validation if validation_ref else None, evaluate=evaluate, progress=progress,
     )
     result.timings["load"] = load_time
+    start = time.perf_counter()
+    result.findings = diagnose(result, config.diagnosis, config.ignore)
+    result.timings["diagnose"] = time.perf_counter() - start
     result.model = _ref_text(config.model, config.root)
     result.data = _ref_text(config.data, config.root)
     result.config_file = str(config.config_file) if config.config_file else None

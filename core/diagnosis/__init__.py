@@ -1,0 +1,142 @@
+"""The diagnosis: turn an analysis result into findings (numpy only, no forward pass).
+
+``diagnose`` runs every rule, drops suppressed findings (``ignore = [...]`` in the config,
+``# quantlens: ignore[rule-id]`` on a reported line), explains degraded layers that no
+rule explains, and merges findings that land on one line (layers made in a loop or by a
+helper) into one with a count.
+"""
+
+from __future__ import annotations
+
+import linecache
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from quantlens.core.diagnosis import rules_data, rules_error, rules_range
+from quantlens.core.diagnosis.catalog import RULES
+from quantlens.core.diagnosis.context import Context
+from quantlens.core.diagnosis.settings import DiagnosisSettings
+from quantlens.core.errors import Location
+from quantlens.core.findings import Finding, Recommendation, Severity
+from quantlens.core.result import AnalysisResult
+
+__all__ = ["RULES", "DiagnosisSettings", "diagnose"]
+
+Rule = Callable[[Context], list[Finding]]
+
+RULE_ORDER: tuple[Rule, ...] = (
+    rules_data.nonfinite,
+    rules_error.degraded_layers,  # first: fills ctx.degraded for the rules below
+    rules_error.output_and_global,
+    rules_error.first_divergence,
+    rules_error.sensitive_layers,
+    rules_error.mixed_precision_last_layer,
+    rules_range.outliers_zscore,
+    rules_range.outliers_iqr,
+    rules_range.shift_negative,
+    rules_range.unbalanced_concat,
+    rules_range.activation_products,
+    rules_range.normalization_inputs,
+    rules_data.dataset_size,
+    rules_data.dataset_mismatch,
+    rules_data.bias_correction,
+    rules_data.calibrator_comparison,
+)
+
+_IGNORE = re.compile(r"#\s*quantlens:\s*ignore(?:\[([^\]]*)\])?")
+
+
+def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
+             ignore: Iterable[str] = ()) -> list[Finding]:
+    ctx = Context(result, settings or DiagnosisSettings())
+    findings: list[Finding] = []
+    for rule in RULE_ORDER:
+        findings.extend(rule(ctx))
+    findings.extend(_unexplained(ctx, findings))
+    ignored = set(ignore)
+    findings = [f for f in findings if f.rule not in ignored and not suppressed(f)]
+    findings = aggregate(findings, result)
+    findings.sort(key=lambda f: (-f.severity.rank, _order(result, f), f.rule))
+    return findings
+
+
+def suppressed(finding: Finding) -> bool:
+    """True when a line the finding is shown on says ``# quantlens: ignore[...]`` for it."""
+    for loc in (*finding.locations, *finding.related):
+        if not loc.line:
+            continue
+        match = _IGNORE.search(linecache.getline(loc.file, loc.line))
+        if match is None:
+            continue
+        names = match.group(1)
+        if names is None or finding.rule in {n.strip() for n in names.split(",")}:
+            return True
+    return False
+
+
+def aggregate(findings: list[Finding], result: AnalysisResult) -> list[Finding]:
+    """One finding per rule and creating line: "(3 of 12 points created here)"."""
+    per_line: dict[Location, int] = defaultdict(int)
+    for p in result.points:
+        if p.info.source is not None:
+            per_line[p.info.source] += 1
+    groups: dict[tuple[str, Location | None], list[Finding]] = defaultdict(list)
+    order: list[tuple[str, Location | None]] = []
+    for f in findings:
+        key = (f.rule, f.location if len(f.points) == 1 else None)
+        if key[1] is None:
+            key = (f.rule, Location(f"__single__{id(f)}"))
+        if key not in groups:
+            order.append(key)
+        groups[key].append(f)
+    merged: list[Finding] = []
+    for key in order:
+        group = groups[key]
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        worst = max(group, key=lambda f: f.severity.rank)
+        total = per_line.get(key[1], len(group)) if key[1] is not None else len(group)
+        names = tuple(n for f in group for n in f.points)
+        related = tuple(dict.fromkeys(loc for f in group for loc in (*f.locations[1:], *f.related)))
+        merged.append(Finding(
+            rule=worst.rule,
+            severity=worst.severity,
+            message=f"{worst.message} ({len(group)} of {total} points created at this line)",
+            points=names,
+            locations=worst.locations[:1],
+            evidence={**worst.evidence, "aggregated": [{"point": f.points[0], "message": f.message} for f in group]},
+            recommendation=worst.recommendation,
+            predicted=worst.predicted,
+            related=related,
+        ))
+    return merged
+
+
+def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    explained = {n for f in findings if f.rule not in ("degraded-layer", "global-degradation") for n in f.points}
+    out = []
+    for name in sorted(ctx.degraded - explained):
+        p = ctx.by_name[name]
+        out.append(Finding(
+            rule="degraded-unexplained",
+            severity=Severity.WARNING,
+            message=f"{name} is degraded and no rule explains why",
+            points=(name,),
+            locations=ctx.locations(p),
+            evidence={"cumulative_sqnr_db": p.cumulative.sqnr_db if p.cumulative else None,
+                      "isolated_sqnr_db": p.isolated.sqnr_db if p.isolated else None},
+            recommendation=Recommendation(
+                "Test it directly: keep this point at 16 bits (or unquantized) and compare; consider GPTQ or QAT.",
+                config=rules_error.keep_wide([name]),
+            ),
+        ))
+    return out
+
+
+def _order(result: AnalysisResult, finding: Finding) -> int:
+    for p in result.points:
+        if finding.points and p.name == finding.points[0]:
+            return p.info.order
+    return 1 << 30

@@ -1,0 +1,219 @@
+"""Rules about the data and the calibrator: dataset size and match, bias, methods, NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantlens.core.diagnosis.context import Context
+from quantlens.core.diagnosis.rules_error import mct
+from quantlens.core.findings import Finding, Recommendation, Severity
+from quantlens.core.thresholds import ErrorMethod, search_threshold
+
+DEGENERATE_RATIO = 2.0**-8
+"""A threshold 256x below the data's range is the signature of MCT 2.6.1's degenerate KL."""
+UNSTABLE_COST_DB = 1.0
+
+
+def nonfinite(ctx: Context) -> list[Finding]:
+    findings = []
+    for p in ctx.points:
+        bad = ctx.stats(p).nonfinite
+        if bad:
+            findings.append(Finding(
+                rule="nonfinite",
+                severity=Severity.ERROR,
+                message=f"{p.name} produced {bad} NaN/Inf value(s) during calibration; they are left out of its statistics",
+                points=(p.name,),
+                locations=ctx.locations(p),
+                evidence={"nonfinite": bad, "count": ctx.stats(p).count},
+                recommendation=Recommendation("Look for overflow, log/sqrt of non-positive values or division by zero "
+                                              "upstream of this layer; quantized hardware cannot represent NaN/Inf."),
+            ))
+    return findings
+
+
+def dataset_size(ctx: Context) -> list[Finding]:
+    cal = ctx.result.calibration
+    settings = ctx.result.settings
+    findings = []
+    first = ctx.points[0] if ctx.points else None
+    if first is not None and cal.num_samples < ctx.settings.min_samples:
+        findings.append(Finding(
+            rule="dataset-size",
+            severity=Severity.WARNING,
+            message=(f"the representative dataset has {cal.num_samples} samples; thresholds from fewer than "
+                     f"{ctx.settings.min_samples} are unreliable"),
+            points=(first.name,),
+            locations=ctx.locations(first),
+            evidence={"num_samples": cal.num_samples, "min_samples": ctx.settings.min_samples},
+            recommendation=Recommendation("Use more (and more diverse) calibration samples: hundreds of samples that "
+                                          "cover the deployment conditions.",
+                                          config={"num_calibration_batches": max(cal.num_batches * 2, 8)}),
+        ))
+    if cal.num_batches < 2:
+        return findings
+    unstable = []
+    for p in ctx.quantized:
+        s = ctx.stats(p)
+        if s.counts[0].sum() == 0 or s.counts[1].sum() == 0:
+            continue
+        halves = [s.distribution(h) for h in (0, 1)]
+        a = p.activation
+        t = [search_threshold(d.shifted(a.shift) if a.shift else d, settings.activation_error_method, a.n_bits,
+                              l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
+                              power_of_two=settings.power_of_two_thresholds, signed=a.signed).threshold for d in halves]
+        if t[0] == t[1]:
+            continue
+        cost = max(ctx.sqnr_at(p, t[h], halves[h]) - ctx.sqnr_at(p, t[1 - h], halves[h]) for h in (0, 1))
+        if cost > UNSTABLE_COST_DB:
+            unstable.append((p, t, cost))
+    share = len(unstable) / max(len(ctx.quantized), 1)
+    if unstable and share > ctx.settings.unstable_share:
+        unstable.sort(key=lambda u: -u[2])
+        worst = unstable[0][0]
+        findings.append(Finding(
+            rule="dataset-size",
+            severity=Severity.WARNING,
+            message=(f"thresholds of {len(unstable)} of {len(ctx.quantized)} points change between two halves of the "
+                     f"calibration data (worst: {worst.name}, {unstable[0][1][0]:g} vs {unstable[0][1][1]:g}, "
+                     f"{unstable[0][2]:.1f} dB apart): the representative dataset is too small or not diverse"),
+            points=tuple(u[0].name for u in unstable),
+            locations=ctx.locations(worst),
+            evidence={"unstable": [{"point": u[0].name, "thresholds": u[1], "cost_db": u[2]} for u in unstable[: ctx.settings.top_n]],
+                      "share": share},
+            recommendation=Recommendation("Add calibration samples that cover more of the input distribution "
+                                          "(more batches, more varied inputs).",
+                                          config={"num_calibration_batches": max(cal.num_batches * 2, 8)}),
+        ))
+    return findings
+
+
+def dataset_mismatch(ctx: Context) -> list[Finding]:
+    val = ctx.result.validation
+    if val is None:
+        return []
+    rows = []
+    for p in ctx.quantized:
+        vs = val.stats.get(p.name)
+        if vs is None or vs.count == 0:
+            continue
+        a = p.activation
+        vdist = vs.distribution()
+        shift = abs(vdist.mean - a.mean) / a.std if a.std > 0 else 0.0
+        low = -a.threshold if a.signed else 0.0
+        clipped_val = vdist.shifted(a.shift).mass_outside(low, a.threshold) if a.shift else vdist.mass_outside(low, a.threshold)
+        clipped_cal = ctx.dist(p).shifted(a.shift).mass_outside(low, a.threshold) if a.shift else ctx.dist(p).mass_outside(low, a.threshold)
+        extra = clipped_val - clipped_cal
+        if shift > ctx.settings.mismatch_mean_shift or extra > ctx.settings.mismatch_clipped_share:
+            rows.append((p, shift, extra, vdist.min, vdist.max))
+    rows.sort(key=lambda r: -(r[1] + 100 * r[2]))
+    findings = []
+    for p, shift, extra, vmin, vmax in rows[: ctx.settings.top_n]:
+        a = p.activation
+        findings.append(Finding(
+            rule="dataset-mismatch",
+            severity=Severity.WARNING,
+            message=(f"{p.name} sees different data in validation: mean shifts by {shift:.2f} calibration std and "
+                     f"{100 * max(extra, 0):.2f}% more values fall outside the threshold {a.threshold:g} "
+                     f"(validation range [{vmin:.3g}, {vmax:.3g}] vs calibration [{a.min:.3g}, {a.max:.3g}])"),
+            points=(p.name,),
+            locations=ctx.locations(p),
+            evidence={"mean_shift_std": shift, "extra_clipped_fraction": extra, "validation_min": vmin,
+                      "validation_max": vmax, "calibration_min": a.min, "calibration_max": a.max},
+            recommendation=Recommendation("Calibrate on data drawn like the deployment data (same preprocessing, "
+                                          "same conditions); the representative dataset does not match validation."),
+        ))
+    return findings
+
+
+def bias_correction(ctx: Context) -> list[Finding]:
+    findings = []
+    for p in ctx.quantized:
+        w = p.weights
+        if w is None or w.bias_shift is None or not len(w.bias_shift) or p.activation.std <= 0:
+            continue
+        ratio = float(np.max(np.abs(w.bias_shift)) / p.activation.std)
+        if ratio <= ctx.settings.bias_shift_ratio:
+            continue
+        worst = [int(i) for i in np.argsort(-np.abs(w.bias_shift))[:3]]
+        corrected = w.bias_corrected
+        findings.append(Finding(
+            rule="bias-correction",
+            severity=Severity.INFO if corrected else Severity.WARNING,
+            message=(f"weight quantization shifts the mean of {p.name}'s output channels by up to "
+                     f"{100 * ratio:.0f}% of its std (channels {', '.join(map(str, worst))}); "
+                     + ("bias correction removes it" if corrected else "bias correction is off")),
+            points=(p.name,),
+            locations=ctx.locations(p),
+            evidence={"max_shift_over_std": ratio, "worst_channels": worst,
+                      "shifts": [float(w.bias_shift[i]) for i in worst], "bias_corrected": corrected},
+            recommendation=Recommendation(
+                "Keep bias correction on: it subtracts (Wq - W) . E[x] from the bias." if corrected else
+                "Turn on bias correction: it subtracts the mean output shift (Wq - W) . E[x] from the bias.",
+                config={} if corrected else {"weights_bias_correction": True},
+                mct=mct(weights_bias_correction=True),
+            ),
+        ))
+    return findings
+
+
+def calibrator_comparison(ctx: Context) -> list[Finding]:
+    settings = ctx.result.settings
+    configured = settings.activation_error_method.value
+    findings = []
+    beaten = []
+    for p in ctx.quantized:
+        sq = p.activation.method_sqnr_db
+        if configured not in sq:
+            continue
+        best_method = max(sq, key=lambda m: sq[m])
+        gap = sq[best_method] - sq[configured]
+        if gap > ctx.settings.calibrator_margin_db:
+            beaten.append((p, best_method, gap))
+    beaten.sort(key=lambda b: -b[2])
+    for p, best_method, gap in beaten[: ctx.settings.top_n]:
+        a = p.activation
+        findings.append(Finding(
+            rule="calibrator-comparison",
+            severity=Severity.INFO,
+            message=(f"for {p.name}, {best_method} (threshold {a.method_thresholds[best_method]:g}) beats the configured "
+                     f"{configured} (threshold {a.threshold:g}) by {gap:.1f} dB"),
+            points=(p.name,),
+            locations=ctx.locations(p),
+            evidence={"method_sqnr_db": a.method_sqnr_db, "method_thresholds": a.method_thresholds},
+            recommendation=Recommendation(
+                f"Use {best_method} for this layer's activations, or for the whole model if this repeats.",
+                config={"activation_error_method": best_method},
+                mct=mct(activation_error_method=f"mct.core.QuantizationErrorMethod.{best_method}"),
+            ),
+            predicted=f"{best_method} would give {a.method_sqnr_db[best_method]:.1f} dB instead of {a.method_sqnr_db[configured]:.1f} dB",
+        ))
+    points = ctx.quantized
+    if len(points) >= 3:
+        for method in ErrorMethod:
+            if method in (ErrorMethod.NOCLIPPING,):
+                continue
+            tiny = [p for p in points if method.value in p.activation.method_thresholds
+                    and max(abs(p.activation.min), abs(p.activation.max)) > 0
+                    and p.activation.method_thresholds[method.value] < DEGENERATE_RATIO * max(abs(p.activation.min), abs(p.activation.max))]
+            same = [p for p in points if p.activation.method_thresholds.get(method.value) == p.activation.method_thresholds.get("NOCLIPPING")]
+            mse_clips = [p for p in points if p.activation.method_thresholds.get("MSE") != p.activation.method_thresholds.get("NOCLIPPING")]
+            if len(tiny) >= max(1, len(points) // 2):
+                findings.append(_degenerate(ctx, method.value, tiny, f"lands 256x or more below the data's range at {len(tiny)} of {len(points)} points"))
+            elif method is not ErrorMethod.MSE and len(same) == len(points) and len(mse_clips) >= max(1, len(points) // 2):
+                findings.append(_degenerate(ctx, method.value, same, f"never clips (min/max threshold at all {len(points)} points) while MSE clips at {len(mse_clips)}"))
+    return findings
+
+
+def _degenerate(ctx: Context, method: str, points: list, what: str) -> Finding:
+    configured = ctx.result.settings.activation_error_method.value
+    return Finding(
+        rule="calibrator-comparison",
+        severity=Severity.WARNING if method == configured else Severity.INFO,
+        message=f"the {method} threshold search degenerates on this model: it {what}",
+        points=tuple(p.name for p in points),
+        locations=ctx.locations(points[0]),
+        evidence={"method": method, "points": [p.name for p in points]},
+        recommendation=Recommendation(f"Do not use {method} here; MSE is the robust default.",
+                                      config={"activation_error_method": "MSE"} if method == configured else {}),
+    )

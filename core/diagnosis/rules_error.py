@@ -1,0 +1,193 @@
+"""Rules about the error itself: degraded layers, where damage starts, what to keep wide.
+
+These follow XQuant's troubleshooting: find the degraded layers first, then say whether
+the problem is local, starts somewhere upstream, or is global.
+"""
+
+from __future__ import annotations
+
+from quantlens.core.diagnosis.context import Context
+from quantlens.core.findings import Finding, Recommendation, Severity
+from quantlens.core.metrics import ErrorSums
+
+WIDE_BITS = 16
+
+
+def mct(**quantization_config: object) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in quantization_config.items())
+    return f"mct.core.CoreConfig(quantization_config=mct.core.QuantizationConfig({args}))"
+
+
+def keep_wide(names: list[str]) -> dict:
+    return {f'overrides."{n}"': {"activation_n_bits": WIDE_BITS, "weights_n_bits": WIDE_BITS} for n in names}
+
+
+def _scores(ctx: Context, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
+    scores = {m: ctx.settings.normalised(m, sums) for m in ("mse", "cs", "sqnr")
+              if m in ctx.settings.threshold_quantize_error}
+    scores.update({k: v for k, v in custom.items() if k in ctx.settings.threshold_quantize_error})
+    return scores
+
+
+def degraded_layers(ctx: Context) -> list[Finding]:
+    findings = []
+    for p in ctx.quantized:
+        if p.cumulative is None:
+            continue
+        scores = _scores(ctx, p.cumulative, p.custom)
+        failed = {m: s for m, s in scores.items() if ctx.settings.is_degraded(m, s)}
+        if not failed:
+            continue
+        ctx.degraded.add(p.name)
+        iso = p.isolated.sqnr_db if p.isolated else float("nan")
+        findings.append(Finding(
+            rule="degraded-layer",
+            severity=Severity.WARNING,
+            message=(f"{p.name} is degraded by quantization: cumulative SQNR {p.cumulative.sqnr_db:.1f} dB, "
+                     f"cosine {p.cumulative.cosine:.4f} (isolated SQNR {iso:.1f} dB)"),
+            points=(p.name,),
+            locations=ctx.locations(p),
+            evidence={"scores": scores, "failed": failed, "limits": ctx.settings.threshold_quantize_error,
+                      "cumulative_sqnr_db": p.cumulative.sqnr_db, "isolated_sqnr_db": iso,
+                      "cumulative_cosine": p.cumulative.cosine, "cumulative_mse": p.cumulative.mse},
+            recommendation=Recommendation(
+                "Look at the other findings on this layer for the cause; keeping it at 16 bits tests "
+                "whether it is the culprit (as MCT's network editor is used).",
+                config=keep_wide([p.name]),
+            ),
+        ))
+    return findings
+
+
+def output_and_global(ctx: Context) -> list[Finding]:
+    """XQuant's general advice: output degraded with no layer to blame, or most layers degraded."""
+    findings = []
+    out = ctx.result.output.error
+    anchor = ctx.points[-1] if ctx.points else None
+    locations = ctx.locations(anchor) if anchor else ()
+    if out.count:
+        scores = _scores(ctx, out, ctx.result.output.custom)
+        failed = {m: s for m, s in scores.items() if ctx.settings.is_degraded(m, s)}
+        if failed and not ctx.degraded:
+            findings.append(Finding(
+                rule="output-degraded",
+                severity=Severity.WARNING,
+                message=(f"the model output is degraded (SQNR {out.sqnr_db:.1f} dB, cosine {out.cosine:.4f}) "
+                         "but no single layer passes the thresholds: small errors add up"),
+                points=(anchor.name,) if anchor else (),
+                locations=locations,
+                evidence={"scores": scores, "failed": failed},
+                recommendation=Recommendation(
+                    "Errors accumulate across many layers: raise the bit width of the most sensitive layers "
+                    "(see sensitive-layers), or use GPTQ / QAT to let the weights absorb the error.",
+                    mct="mct.gptq.pytorch_gradient_post_training_quantization(model, representative_data_gen, "
+                        "gptq_config=mct.gptq.get_pytorch_gptq_config(n_epochs=5))",
+                ),
+            ))
+    if ctx.quantized:
+        ratio = len(ctx.degraded) / len(ctx.quantized)
+        if ctx.degraded and ratio > ctx.settings.threshold_degrade_layer_ratio:
+            findings.append(Finding(
+                rule="global-degradation",
+                severity=Severity.ERROR,
+                message=(f"{len(ctx.degraded)} of {len(ctx.quantized)} layers ({100 * ratio:.0f}%) are degraded: "
+                         "a global problem, not one layer"),
+                points=tuple(sorted(ctx.degraded)),
+                locations=ctx.locations(ctx.quantized[0]),
+                evidence={"degraded": len(ctx.degraded), "layers": len(ctx.quantized), "ratio": ratio,
+                          "threshold_degrade_layer_ratio": ctx.settings.threshold_degrade_layer_ratio},
+                recommendation=Recommendation(
+                    "The bit width is too low for this model as a whole: raise activation_n_bits / weights_n_bits, "
+                    "use mixed precision, GPTQ or quantization-aware training.",
+                    config={"activation_n_bits": 8, "weights_n_bits": 8} if ctx.result.settings.activation_n_bits < 8 else {},
+                    mct="mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())",
+                ),
+            ))
+    return findings
+
+
+def first_divergence(ctx: Context) -> list[Finding]:
+    s = ctx.settings
+    previous: list[float] = []
+    for p in ctx.quantized:
+        if p.cumulative is None:
+            continue
+        c = p.cumulative.sqnr_db
+        if previous and min(previous) - c > s.divergence_jump_db and (p.name in ctx.degraded or c < 30.0):
+            iso = p.isolated.sqnr_db if p.isolated else c
+            own = iso - c < s.divergence_jump_db
+            cause = (f"its own quantization costs it (isolated SQNR {iso:.1f} dB)" if own else
+                     f"its isolated SQNR is {iso:.1f} dB, so the error comes from how upstream errors combine here")
+            return [Finding(
+                rule="first-divergence",
+                severity=Severity.INFO,
+                message=(f"the damage starts at {p.name}: cumulative SQNR falls from {min(previous):.1f} to {c:.1f} dB; "
+                         + cause),
+                points=(p.name,),
+                locations=ctx.locations(p),
+                evidence={"cumulative_sqnr_db": c, "best_before_db": min(previous), "isolated_sqnr_db": iso},
+                recommendation=Recommendation(
+                    f"Fix {p.name} first: everything after it inherits its error.", config=keep_wide([p.name])),
+            )]
+        previous.append(c)
+    return []
+
+
+def sensitive_layers(ctx: Context) -> list[Finding]:
+    sens = ctx.result.sensitivity
+    base = ctx.result.output.error.sqnr_db
+    if not sens or not ctx.result.output.error.count:
+        return []
+    best = max(sens, key=lambda e: e["output_sqnr_db"] - base)
+    gain = best["output_sqnr_db"] - base
+    if gain < 3.0:
+        return []
+    ranked = sorted((p for p in ctx.quantized if p.isolated is not None), key=lambda p: p.isolated.sqnr_db)  # type: ignore[union-attr]
+    top = ranked[: ctx.settings.top_n]
+    worst = ctx.by_name[best["points"][0]]
+    names = ", ".join(best["points"])
+    return [Finding(
+        rule="sensitive-layers",
+        severity=Severity.INFO,
+        message=(f"keeping the {best['k']} most sensitive point(s) ({names}) at 16 bits raises the output SQNR "
+                 f"from {base:.1f} to {best['output_sqnr_db']:.1f} dB"),
+        points=tuple(best["points"]),
+        locations=ctx.locations(worst),
+        evidence={"ranking": [{"point": p.name, "isolated_sqnr_db": p.isolated.sqnr_db} for p in top],  # type: ignore[union-attr]
+                  "resimulations": sens, "output_sqnr_db": base},
+        recommendation=Recommendation(
+            "These layers dominate the output error; mixed precision that gives them more bits pays most.",
+            config=keep_wide(list(best["points"])),
+            mct="mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())",
+        ),
+        predicted=f"output SQNR {base:.1f} -> {best['output_sqnr_db']:.1f} dB (measured by re-simulation)",
+    )]
+
+
+def mixed_precision_last_layer(ctx: Context) -> list[Finding]:
+    settings = ctx.result.settings
+    if not settings.overrides:
+        return []
+    weighted = [p for p in ctx.points if p.info.weight_module]
+    last = weighted[-1] if weighted else (ctx.points[-1] if ctx.points else None)
+    if last is None:
+        return []
+    override = settings.for_point([last.name, *last.info.modules], last.info.module_types)
+    bits = min(override.weights_n_bits or settings.weights_n_bits, override.activation_n_bits or settings.activation_n_bits)
+    limit = ctx.settings.threshold_bitwidth_mixed_precision_with_model_output_loss_objective
+    if bits > limit:
+        return []
+    return [Finding(
+        rule="mixed-precision-last-layer",
+        severity=Severity.WARNING,
+        message=f"the last layer {last.name} is quantized to {bits} bits: the output loses most at this layer",
+        points=(last.name,),
+        locations=ctx.locations(last),
+        evidence={"bits": bits, "threshold": limit},
+        recommendation=Recommendation(
+            "Give the last layer at least 8 bits; with a mixed-precision search, use an objective on the model "
+            "output so the last layer's bit width is judged by its effect.",
+            config={f'overrides."{last.name}"': {"activation_n_bits": 8, "weights_n_bits": 8}},
+            mct="mct.core.MixedPrecisionQuantizationConfig(use_hessian_based_scores=True)",
+        ),
+    )]
