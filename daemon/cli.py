@@ -8,6 +8,7 @@ unless QUANTLENS_DEBUG=1 asks for one.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -15,12 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from quantlens.core.baseline import compare_to_baseline, regressions_to_findings, write_baseline
 from quantlens.core.config import load_config, parse_set_argument
 from quantlens.core.errors import Location, Problem, QuantlensError
+from quantlens.core.findings import Severity
+from quantlens.daemon.formats.github import to_github_annotations
+from quantlens.daemon.formats.sarif import to_sarif
+from quantlens.daemon.progress import ProgressBar
+from quantlens.daemon.text_report import format_findings, format_summary, format_table
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+FORMATS = ("text", "json", "sarif", "github")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,24 +37,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("directory", nargs="?", default=".", help="project folder (holds quantlens.toml or pyproject.toml)")
+    common.add_argument("--config", type=Path, help="config file (quantlens.toml or pyproject.toml)")
+    common.add_argument("--model", help="model factory, FILE.py:FUNCTION")
+    common.add_argument("--data", help="representative data, FILE.py:FUNCTION returning an iterable of batches")
+    common.add_argument("--weights", help="checkpoint (state_dict) loaded with torch.load(weights_only=True)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    common.add_argument("--json", type=Path, metavar="FILE", help="write the whole result as JSON (- for stdout)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     parser = _Parser(prog="quantlens", description="Post-training quantization diagnostics for PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    check = sub.add_parser("check", help="calibrate, search thresholds, simulate and report per layer")
-    check.add_argument("directory", nargs="?", default=".", help="project folder (holds quantlens.toml or pyproject.toml)")
-    check.add_argument("--config", type=Path, help="config file (quantlens.toml or pyproject.toml)")
-    check.add_argument("--model", help="model factory, FILE.py:FUNCTION")
-    check.add_argument("--data", help="representative data, FILE.py:FUNCTION returning an iterable of batches")
-    check.add_argument("--weights", help="checkpoint (state_dict) loaded with torch.load(weights_only=True)")
-    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    check.add_argument("--json", type=Path, metavar="FILE", help="write the whole result as JSON (- for stdout)")
-    check.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    check = sub.add_parser("check", parents=[common], help="calibrate, search thresholds, simulate, diagnose")
+    check.add_argument("--format", choices=FORMATS, default="text", help="how to print the findings on stdout")
+    check.add_argument("--fail-on", choices=[s.value for s in Severity], default=None,
+                       help="exit 1 when a finding is at or above this severity")
+    check.add_argument("--baseline", type=Path, metavar="FILE", help="fail on per-point regressions against FILE")
+    check.add_argument("--baseline-tolerance-db", type=float, default=1.0, metavar="DB",
+                       help="SQNR drop that counts as a regression (default 1 dB)")
+    check.add_argument("--write-baseline", type=Path, metavar="FILE", help="write this run's metrics as a baseline")
+    report = sub.add_parser("report", parents=[common], help="run the check and write an HTML report with pictures")
+    report.add_argument("--out", type=Path, default=Path("quantlens-report"), help="report folder")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "check":
+        if args.command in ("check", "report"):
             return _check(args)
     except QuantlensError as exc:
         _print_problems(exc.problems)
@@ -93,28 +112,73 @@ def _check(args: argparse.Namespace) -> int:
     values, texts = _overrides(args)
     config = load_config(directory, args.config, values, texts)
     from quantlens.core.torch_engine.pipeline import analyze_project  # torch only when needed
-    from quantlens.daemon.progress import ProgressBar
-    from quantlens.daemon.text_report import format_summary, format_table
 
     bar = ProgressBar(sys.stderr, enabled=not args.no_progress)
     try:
         result = analyze_project(config, progress=bar.update)
     finally:
         bar.close()
+    payload = result.to_json()
+    baseline_failed = False
+    if getattr(args, "baseline", None) is not None:
+        baseline_failed = _apply_baseline(args, result, payload, config.root)
+    if getattr(args, "write_baseline", None) is not None:
+        args.write_baseline.write_text(json.dumps(write_baseline(payload), indent=1) + "\n", encoding="utf-8")
     if args.json is not None:
-        payload = json.dumps(result.to_json(), indent=1)
+        text = json.dumps(payload, indent=1)
         if str(args.json) == "-":
-            sys.stdout.write(payload + "\n")
+            sys.stdout.write(text + "\n")
         else:
-            args.json.write_text(payload + "\n", encoding="utf-8")
-    if args.json is None or str(args.json) != "-":
+            args.json.write_text(text + "\n", encoding="utf-8")
+    fmt = getattr(args, "format", "text")
+    to_stdout = args.json is None or str(args.json) != "-"
+    if args.command == "report":
+        from quantlens.daemon.report.html import write_report
+
+        index = write_report(result, args.out, config.root)
+        print(format_findings(result, config.root))
+        print(f"wrote {index}")
+    elif to_stdout and fmt == "text":
         print(format_table(result, config.root))
         print()
         print(format_summary(result))
-        if args.json is not None:
-            print(f"wrote {args.json}")
+        print()
+        print(format_findings(result, config.root))
+    elif to_stdout and fmt == "json":
+        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+    elif to_stdout and fmt == "sarif":
+        sys.stdout.write(json.dumps(to_sarif(payload, config.root, _version()), indent=1) + "\n")
+    elif to_stdout and fmt == "github":
+        sys.stdout.write(to_github_annotations(payload, config.root))
     _print_problems(result.problems)
+    fail_on = getattr(args, "fail_on", None)
+    if baseline_failed:
+        return EXIT_FINDINGS
+    if fail_on is not None and any(f.severity.rank >= Severity(fail_on).rank for f in result.findings):
+        return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _apply_baseline(args: argparse.Namespace, result: Any, payload: dict, root: Path) -> bool:
+    """Add baseline regressions to the findings; True when there is one."""
+    try:
+        baseline = json.loads(args.baseline.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise QuantlensError([Problem(f"cannot read baseline {args.baseline}: {exc}", Location("<command line>"),
+                                      code="usage")]) from None
+    report = compare_to_baseline(payload, baseline, tolerance_db=args.baseline_tolerance_db)
+    regressions = regressions_to_findings(report, payload)
+    result.findings = [*regressions, *result.findings]
+    payload["findings"] = [f.to_json() for f in result.findings]
+    payload["baseline"] = {"file": str(args.baseline), "ok": report.ok}
+    return not report.ok
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("quantlens")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def _print_problems(problems: list[Problem]) -> None:

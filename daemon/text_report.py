@@ -77,3 +77,32 @@ def format_summary(result: AnalysisResult) -> str:
     parts.append("SQNR is 20*log10(||x|| / ||x - q||) in dB: isolated = this point's own quantization on float "
                  "inputs, cumulative = the fully quantized model at this point.")
     return "\n".join(p for p in parts if p)
+
+
+def format_findings(result: AnalysisResult, root: Path | None) -> str:
+    """Findings, worst first: ``file:line: severity[rule] message`` plus the fix."""
+    if not result.findings:
+        return "no findings"
+    lines = []
+    for f in result.findings:
+        lines.append(f"{relative(f.location, root)}: {f.severity.value}[{f.rule}] {f.message}")
+        if f.predicted:
+            lines.append(f"    predicted: {f.predicted}")
+        if f.recommendation is not None:
+            lines.append(f"    fix: {f.recommendation.explanation}")
+            if f.recommendation.config:
+                settings = ", ".join(f"{k} = {_toml(v)}" for k, v in f.recommendation.config.items())
+                lines.append(f"    config: {settings}")
+            if f.recommendation.mct:
+                lines.append(f"    MCT: {f.recommendation.mct}")
+    return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return str(value)
