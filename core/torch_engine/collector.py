@@ -94,12 +94,16 @@ class _Accumulator:
         sumsq = self.sumsq.cpu().numpy()
         cmin = self.channel_min.cpu().numpy().astype(np.float64) if self.channel_min is not None else np.zeros(0)
         cmax = self.channel_max.cpu().numpy().astype(np.float64) if self.channel_max is not None else np.zeros(0)
-        lo, hi = histogram.bin_bounds(keep)
+        lo, _ = histogram.bin_bounds(keep)
         if nonfinite:
             # NaN/Inf poison sums and min/max; fall back to the finite bins' extent.
             sumsq = np.array([float(np.sum((sums[h, keep] ** 2) / np.maximum(counts[h, keep], 1))) for h in (0, 1)])
-            cmin = np.where(np.isfinite(cmin), cmin, lo.min() if len(lo) else 0.0)
-            cmax = np.where(np.isfinite(cmax), cmax, hi.max() if len(hi) else 0.0)
+            means = sums[:, keep].sum(0) / np.maximum(counts[:, keep].sum(0), 1)
+            order = np.argsort(lo)
+            bottom = float(means[order[0]]) if len(lo) else 0.0  # mean of the lowest finite bin
+            top = float(means[order[-1]]) if len(lo) else 0.0
+            cmin = np.where(np.isfinite(cmin), cmin, bottom)
+            cmax = np.where(np.isfinite(cmax), cmax, top)
         finite_count = counts[:, keep].sum()
         return PointStats(
             count=int(finite_count),

@@ -116,6 +116,7 @@ def analyze_model(
     evaluate: Callable | None = None,
     progress: StageProgress | None = None,
     limit: int | None = None,
+    sensitive_k: tuple[int, ...] = (1, 3),
 ) -> AnalysisResult:
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -126,7 +127,7 @@ def analyze_model(
     timings["calibrate"] = time.perf_counter() - start
     return analyze_calibrated(
         model, calibration, lambda: _limited(batches(), limit), settings, roots, metrics=metrics,
-        validation=validation, evaluate=evaluate, progress=progress, timings=timings,
+        validation=validation, evaluate=evaluate, progress=progress, timings=timings, sensitive_k=sensitive_k,
     )
 
 

@@ -60,7 +60,9 @@ class Workspace:
             if self.contains(code.co_filename) and not (
                 skip_self is not None and frame.f_locals.get("self") is skip_self
             ):
-                out.append(Location(str(Path(code.co_filename).resolve()), frame.f_lineno))
+                loc = Location(str(Path(code.co_filename).resolve()), frame.f_lineno)
+                if not out or out[-1] != loc:  # a comprehension repeats its caller's line
+                    out.append(loc)
             frame = frame.f_back
         return out
 
