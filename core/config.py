@@ -149,7 +149,7 @@ def load_config(
             try:
                 point_overrides[str(name)] = coerce_override(value)
             except ValueError as exc:
-                problems.append(Problem(f"overrides.{name}: {exc}", where(f"overrides.{name}") or where("overrides")))
+                problems.append(Problem(f"overrides.{name}: {exc}", locations.get(f"overrides.{name}") or where("overrides")))
     settings_args["overrides"] = point_overrides
 
     def func_ref(key: str, required: bool) -> FuncRef | None:
