@@ -151,10 +151,15 @@ def to_batch(item: Any, device: torch.device, with_labels: bool, location: Locat
         item, labels = item
         labels = _tensor(labels, device, location, index, check_finite=False)
     if isinstance(item, dict):
-        return Batch((), {k: _tensor(v, device, location, index) for k, v in item.items()}, labels)
-    if isinstance(item, (tuple, list)):
-        return Batch(tuple(_tensor(v, device, location, index) for v in item), {}, labels)
-    return Batch((_tensor(item, device, location, index),), {}, labels)
+        batch = Batch((), {k: _tensor(v, device, location, index) for k, v in item.items()}, labels)
+    elif isinstance(item, (tuple, list)):
+        batch = Batch(tuple(_tensor(v, device, location, index) for v in item), {}, labels)
+    else:
+        batch = Batch((_tensor(item, device, location, index),), {}, labels)
+    if not any(isinstance(v, torch.Tensor) for v in (*batch.args, *batch.kwargs.values())):
+        raise QuantlensError([Problem(f"batch {index} holds a {type(item).__name__} and no tensor", location, code="data",
+                                      hint="yield a tensor, a tuple of tensors or a dict of tensors per batch")])
+    return batch
 
 
 def _tensor(value: Any, device: torch.device, location: Location | None, index: int, check_finite: bool = True) -> Any:
