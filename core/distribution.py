@@ -36,10 +36,14 @@ class Distribution:
     n: np.ndarray
     s1: np.ndarray
     within_var: float
+    vmin: float | None = None
+    vmax: float | None = None
+    """Exact extremes when the producer tracked them (calibration does)."""
 
     @staticmethod
     def from_histogram(
-        indices: np.ndarray, counts: np.ndarray, sums: np.ndarray, sumsq: float | None = None
+        indices: np.ndarray, counts: np.ndarray, sums: np.ndarray, sumsq: float | None = None,
+        vmin: float | None = None, vmax: float | None = None,
     ) -> Distribution:
         """Build from the sparse float-bits histogram (non-finite bins are dropped).
 
@@ -59,7 +63,7 @@ class Distribution:
             within = float(np.sum(n * (hi - lo) ** 2) / 12.0)
         else:
             within = max(float(sumsq) - float(np.sum(s1 * s1 / n)), 0.0)
-        return Distribution(lo, hi, n, s1, within)
+        return Distribution(lo, hi, n, s1, within, vmin, vmax)
 
     @staticmethod
     def from_values(x: np.ndarray) -> Distribution:
@@ -68,7 +72,8 @@ class Distribution:
         v = v[np.isfinite(v)]
         values, counts = np.unique(v, return_counts=True)
         n = counts.astype(np.float64)
-        return Distribution(values, values.copy(), n, values * n, 0.0)
+        return Distribution(values, values.copy(), n, values * n, 0.0,
+                            float(values[0]) if len(values) else None, float(values[-1]) if len(values) else None)
 
     @property
     def count(self) -> float:
@@ -93,11 +98,22 @@ class Distribution:
 
     @property
     def min(self) -> float:
-        return float(self.lo[0]) if len(self.lo) else 0.0
+        """Smallest value: exact when known, else the edge of the lowest bin that covers it."""
+        if self.vmin is not None:
+            return self.vmin
+        if not len(self.lo):
+            return 0.0
+        # All values of the bin on its upper edge (e.g. exactly -2^k, or -0.0): that edge.
+        return float(self.hi[0]) if self.s1[0] == self.hi[0] * self.n[0] else float(self.lo[0])
 
     @property
     def max(self) -> float:
-        return float(self.hi[-1]) if len(self.hi) else 0.0
+        """Largest value: exact when known, else the edge of the highest bin that covers it."""
+        if self.vmax is not None:
+            return self.vmax
+        if not len(self.hi):
+            return 0.0
+        return float(self.lo[-1]) if self.s1[-1] == self.lo[-1] * self.n[-1] else float(self.hi[-1])
 
     def cumulative(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Count, sum, squared-mean sum and occupied width of the values below each ``x``.
@@ -141,7 +157,9 @@ class Distribution:
 
     def shifted(self, offset: float) -> Distribution:
         """The distribution of x + offset (bins move; within-bin spread is unchanged)."""
-        return Distribution(self.lo + offset, self.hi + offset, self.n, self.s1 + offset * self.n, self.within_var)
+        return Distribution(self.lo + offset, self.hi + offset, self.n, self.s1 + offset * self.n, self.within_var,
+                            None if self.vmin is None else self.vmin + offset,
+                            None if self.vmax is None else self.vmax + offset)
 
     def without_zeros(self) -> Distribution:
         """The values that are not exactly zero (ReLU-family outputs hold many exact zeros)."""
@@ -159,15 +177,24 @@ class Distribution:
         width = hi - lo
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(width > 0, (new_hi - new_lo) / width, 1.0)
-        cut = frac < 1.0
-        mean = np.where(cut, 0.5 * (new_lo + new_hi), s1 / np.maximum(n, 1e-300))
+        mean = s1 / np.maximum(n, 1e-300)
+        # A bin whose mean sits on an edge holds one repeated value there: keep it or drop it
+        # whole instead of cutting it as if it were spread out.
+        at_edge = (width > 0) & (frac < 1.0) & ((mean == lo) | (mean == hi))
+        frac = np.where(at_edge, ((mean >= low) & (mean <= high)).astype(np.float64), frac)
+        new_lo = np.where(at_edge, mean, new_lo)
+        new_hi = np.where(at_edge, np.nextafter(mean, np.inf), new_hi)
+        cut = (frac < 1.0) & ~at_edge
+        mean = np.where(cut, 0.5 * (new_lo + new_hi), mean)
         n2 = n * frac
         nz = n2 > 0
         new_lo, new_hi, n2, mean = new_lo[nz], new_hi[nz], n2[nz], mean[nz]
         within = float(np.sum(n2 * (new_hi - new_lo) ** 2) / 12.0)
         if self.within_var == 0.0:
             within = 0.0
-        return Distribution(new_lo, new_hi, n2, mean * n2, within)
+        vmin = None if self.vmin is None or self.vmin < low else self.vmin
+        vmax = None if self.vmax is None or self.vmax > high else self.vmax
+        return Distribution(new_lo, new_hi, n2, mean * n2, within, vmin, vmax)
 
     def quantile(self, q: np.ndarray) -> np.ndarray:
         """Quantiles by linear interpolation inside bins (exact for raw-value bins)."""

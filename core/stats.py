@@ -89,7 +89,8 @@ class PointStats:
     def distribution(self, half: int | None = None) -> Distribution:
         """The whole data (``half`` None) or one half as a :class:`Distribution`."""
         if half is None:
-            return Distribution.from_histogram(self.bins, self.counts.sum(0), self.sums.sum(0), self.sumsq)
+            return Distribution.from_histogram(self.bins, self.counts.sum(0), self.sums.sum(0), self.sumsq,
+                                               self.min, self.max)
         return Distribution.from_histogram(
             self.bins, self.counts[half], self.sums[half], float(self.sumsq_halves[half])
         )

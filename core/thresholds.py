@@ -15,11 +15,18 @@ Methods (MCT's names):
   bin's mean as its values);
 * KL:   D_KL(P || Q) where P is the float histogram (bins narrower than ``t_nc / 2^(n+2)``
   merged, so exact zeros do not become an infinitely sharp spike) and Q spreads each
-  level's mass uniformly over its cell (the values that map to it, within the data's
-  extent). Unlike the TensorRT/MCT form, P keeps its tails where they are, so a candidate
-  that covers a single histogram bin is heavily penalised instead of scoring zero.
+  level's mass (clipped values included) uniformly over that level's own cell, smoothed
+  with one pseudo-sample over the data's extent. Unlike the TensorRT/MCT form, P keeps its
+  clipped tails where they are, so a candidate that covers a single histogram bin is
+  heavily penalised instead of scoring zero, and clipping flat (uniform) data costs.
 
 Ties (within ``TIE_RTOL``) go to the largest threshold: the one that clips least.
+
+Exactness: with power-of-two candidates and at most 8 bits, no float-bits bin straddles a
+cell, so NOCLIPPING, MSE, MAE and LP with p in {1, 2} choose exactly what a search over the
+raw values chooses. Free thresholds cut bins (taken as uniform inside), and LP with other
+p scores each bin at its mean: their choice can be the neighbouring candidate of the exact
+optimum (measured: at most 3% more error).
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ def remove_outliers(dist: Distribution, z_threshold: float) -> Distribution:
     if not math.isfinite(z_threshold) or not len(dist.n):
         return dist
     mu, sigma = dist.mean, dist.std
+    if sigma == 0.0:
+        return dist  # constant data: no value is away from the mean
     return dist.restrict(mu - z_threshold * sigma, mu + z_threshold * sigma)
 
 
@@ -222,22 +231,42 @@ class _Cells:
 
 
 def _kl_errors(dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool) -> np.ndarray:
-    """D_KL(P || Q) for each candidate (see the module docstring)."""
+    """D_KL(P || Q) for each candidate (see the module docstring).
+
+    Q spreads each level's mass (clipped values included) uniformly over the level's own
+    cell, intersected with the data's extent, and is smoothed with one pseudo-sample spread
+    over that extent, so values clipped far from their level cost log(N)-ish nats each
+    while a finer grid gains where the density is not flat.
+    """
     resolution = 2.0 ** (math.floor(math.log2(candidates[0])) - (n_bits + 2))
     p_dist = _coarsen(dist, resolution)
     cells = _Cells(p_dist, candidates, n_bits, signed, allow_per_bin=False)
     total = p_dist.count
     p_bins = p_dist.n / total
-    widths = p_dist.hi - p_dist.lo
-    constant = float(np.sum(p_bins * np.log(p_bins / widths)))
-    lo_edge, hi_edge = p_dist.min, p_dist.max
-    a = np.clip(cells.bounds[:, :-1], lo_edge, hi_edge)
-    b = np.clip(cells.bounds[:, 1:], lo_edge, hi_edge)
-    width = b - a
-    mass = cells.cell_n / total
+    vmin, vmax = float(p_dist.lo[0]), float(p_dist.hi[-1])
+    extent = max(vmax - vmin, resolution)
+    grid = Grid.of(float(candidates[0]), n_bits, signed)
+    j = np.arange(grid.j_min, grid.j_max + 1, dtype=np.float64)[None, :]
+    step = cells.step  # (C, 1)
+    start = np.clip((j - 0.5) * step, vmin, vmax)
+    stop = np.clip((j + 0.5) * step, vmin, vmax)
+    support = stop - start  # (C, L)
+    mass = np.where(support > 0, cells.cell_n / total, 0.0)
+    density = np.where(support > 0, mass / np.maximum(support, 1e-300), 0.0)
+    cum = np.concatenate((np.zeros((len(step), 1)), np.cumsum(mass, axis=1)), axis=1)
+    rows = np.arange(len(step))[:, None]
+
+    def q_cdf(x: np.ndarray) -> np.ndarray:
+        k = np.clip(np.floor(x[None, :] / step + 0.5) - grid.j_min, 0, j.shape[1] - 1).astype(np.int64)
+        inside = np.clip(x[None, :] - start[rows, k], 0.0, support[rows, k])
+        return cum[rows, k] + density[rows, k] * inside
+
+    q_bins = q_cdf(p_dist.hi) - q_cdf(p_dist.lo)
+    prior = (p_dist.hi - p_dist.lo) / extent / total
+    q_bins = (np.maximum(q_bins, 0.0) + prior[None, :]) / (1.0 + 1.0 / total)
     with np.errstate(divide="ignore", invalid="ignore"):
-        term = np.where(mass > 0, mass * np.log(mass / np.maximum(width, 1e-300)), 0.0)
-    return np.maximum(constant - term.sum(axis=1), 0.0)
+        terms = np.where(p_bins[None, :] > 0, p_bins[None, :] * np.log(p_bins[None, :] / q_bins), 0.0)
+    return np.maximum(terms.sum(axis=1), 0.0)
 
 
 def _coarsen(dist: Distribution, resolution: float) -> Distribution:

@@ -16,12 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantlens.core.baseline import compare_to_baseline, regressions_to_findings, write_baseline
 from quantlens.core.config import load_config, parse_set_argument
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.findings import Severity
-from quantlens.daemon.formats.github import to_github_annotations
-from quantlens.daemon.formats.sarif import to_sarif
 from quantlens.daemon.progress import ProgressBar
 from quantlens.daemon.text_report import format_findings, format_summary, format_table
 
@@ -123,6 +120,8 @@ def _check(args: argparse.Namespace) -> int:
     if getattr(args, "baseline", None) is not None:
         baseline_failed = _apply_baseline(args, result, payload, config.root)
     if getattr(args, "write_baseline", None) is not None:
+        from quantlens.core.baseline import write_baseline
+
         args.write_baseline.write_text(json.dumps(write_baseline(payload), indent=1) + "\n", encoding="utf-8")
     if args.json is not None:
         text = json.dumps(payload, indent=1)
@@ -147,8 +146,12 @@ def _check(args: argparse.Namespace) -> int:
     elif to_stdout and fmt == "json":
         sys.stdout.write(json.dumps(payload, indent=1) + "\n")
     elif to_stdout and fmt == "sarif":
+        from quantlens.daemon.formats.sarif import to_sarif
+
         sys.stdout.write(json.dumps(to_sarif(payload, config.root, _version()), indent=1) + "\n")
     elif to_stdout and fmt == "github":
+        from quantlens.daemon.formats.github import to_github_annotations
+
         sys.stdout.write(to_github_annotations(payload, config.root))
     _print_problems(result.problems)
     fail_on = getattr(args, "fail_on", None)
@@ -166,6 +169,8 @@ def _apply_baseline(args: argparse.Namespace, result: Any, payload: dict, root: 
     except (OSError, json.JSONDecodeError) as exc:
         raise QuantlensError([Problem(f"cannot read baseline {args.baseline}: {exc}", Location("<command line>"),
                                       code="usage")]) from None
+    from quantlens.core.baseline import compare_to_baseline, regressions_to_findings
+
     report = compare_to_baseline(payload, baseline, tolerance_db=args.baseline_tolerance_db)
     regressions = regressions_to_findings(report, payload)
     result.findings = [*regressions, *result.findings]

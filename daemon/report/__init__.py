@@ -1,0 +1,1 @@
+"""``quantlens report``: the analysis as one self-contained HTML page with pictures."""
