@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantlens.core.activations import ActivationQuant
-from quantlens.core.errors import Problem
+from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.settings import QuantSettings
@@ -95,6 +95,11 @@ class AnalysisResult:
     """Statistics of the validation inputs at the same points (when validation is configured)."""
     model: str = ""
     data: str = ""
+    data_source: Location | None = None
+    """Where the representative dataset is defined (the data function's ``def`` line): the
+    dataset rules report there, not at a layer."""
+    data_config: Location | None = None
+    """The config entry that names the data function."""
     config_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -109,6 +114,7 @@ class AnalysisResult:
             "format": FORMAT,
             "model": self.model,
             "data": self.data,
+            "data_source": self.data_source.to_json() if self.data_source else None,
             "config_file": self.config_file,
             "settings": self.settings.to_json(),
             "calibration": {

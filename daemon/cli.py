@@ -115,14 +115,19 @@ def _check(args: argparse.Namespace) -> int:
         result = analyze_project(config, progress=bar.update)
     finally:
         bar.close()
-    payload = result.to_json()
     baseline_failed = False
+    baseline_json: dict[str, Any] | None = None
     if getattr(args, "baseline", None) is not None:
-        baseline_failed = _apply_baseline(args, result, payload, config.root)
+        baseline_json = _apply_baseline(args, result)
+        baseline_failed = not baseline_json["ok"]
+    payload = result.to_json()
+    if baseline_json is not None:
+        payload["baseline"] = baseline_json
     if getattr(args, "write_baseline", None) is not None:
         from quantlens.core.baseline import write_baseline
 
         args.write_baseline.write_text(json.dumps(write_baseline(payload), indent=1) + "\n", encoding="utf-8")
+    root = _ci_root(config.root)
     if args.json is not None:
         text = json.dumps(payload, indent=1)
         if str(args.json) == "-":
@@ -148,11 +153,11 @@ def _check(args: argparse.Namespace) -> int:
     elif to_stdout and fmt == "sarif":
         from quantlens.daemon.formats.sarif import to_sarif
 
-        sys.stdout.write(json.dumps(to_sarif(payload, config.root, _version()), indent=1) + "\n")
+        sys.stdout.write(json.dumps(to_sarif(payload, root, _version()), indent=1) + "\n")
     elif to_stdout and fmt == "github":
         from quantlens.daemon.formats.github import to_github_annotations
 
-        sys.stdout.write(to_github_annotations(payload, config.root))
+        sys.stdout.write(to_github_annotations(payload, root))
     _print_problems(result.problems)
     fail_on = getattr(args, "fail_on", None)
     if baseline_failed:
@@ -162,21 +167,28 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _apply_baseline(args: argparse.Namespace, result: Any, payload: dict, root: Path) -> bool:
-    """Add baseline regressions to the findings; True when there is one."""
+def _apply_baseline(args: argparse.Namespace, result: Any) -> dict[str, Any]:
+    """Put baseline regressions in front of the findings; the comparison's summary for the JSON."""
+    from quantlens.core.baseline import compare_to_baseline, regressions_to_findings
+
     try:
         baseline = json.loads(args.baseline.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise QuantlensError([Problem(f"cannot read baseline {args.baseline}: {exc}", Location("<command line>"),
+        raise QuantlensError([Problem(f"cannot read baseline {args.baseline}: {exc}", Location(str(args.baseline)),
                                       code="usage")]) from None
-    from quantlens.core.baseline import compare_to_baseline, regressions_to_findings
+    report = compare_to_baseline(result.to_json(with_curves=False), baseline,
+                                 tolerance_db=args.baseline_tolerance_db, origin=str(args.baseline))
+    result.findings = [*regressions_to_findings(report, result.to_json(with_curves=False)), *result.findings]
+    return {"file": str(args.baseline), "ok": report.ok, "tolerance_db": report.tolerance_db,
+            "missing": report.missing, "new": report.new, "settings_changed": report.settings_changed}
 
-    report = compare_to_baseline(payload, baseline, tolerance_db=args.baseline_tolerance_db)
-    regressions = regressions_to_findings(report, payload)
-    result.findings = [*regressions, *result.findings]
-    payload["findings"] = [f.to_json() for f in result.findings]
-    payload["baseline"] = {"file": str(args.baseline), "ok": report.ok}
-    return not report.ok
+
+def _ci_root(project_root: Path) -> Path:
+    """Paths in CI formats are relative to the repository GitHub checked out, when inside it."""
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    if workspace and project_root.resolve().is_relative_to(Path(workspace).resolve()):
+        return Path(workspace).resolve()
+    return project_root
 
 
 def _version() -> str:

@@ -74,4 +74,7 @@ RULES: dict[str, RuleInfo] = {r.id: r for r in [
     RuleInfo("nonfinite", "NaN or Inf in activations",
              "A point produced NaN or Inf during calibration.",
              Severity.ERROR),
+    RuleInfo("baseline-regression", "Regression against the baseline",
+             "A point's isolated or cumulative SQNR, or the output SQNR, fell more than the tolerance below --baseline.",
+             Severity.ERROR),
 ]}

@@ -36,15 +36,15 @@ def dataset_size(ctx: Context) -> list[Finding]:
     cal = ctx.result.calibration
     settings = ctx.result.settings
     findings = []
-    first = ctx.points[0] if ctx.points else None
-    if first is not None and cal.num_samples < ctx.settings.min_samples:
+    where = tuple(loc for loc in (ctx.result.data_source, ctx.result.data_config) if loc is not None)
+    if cal.num_samples < ctx.settings.min_samples:
         findings.append(Finding(
             rule="dataset-size",
             severity=Severity.WARNING,
             message=(f"the representative dataset has {cal.num_samples} samples; thresholds from fewer than "
                      f"{ctx.settings.min_samples} are unreliable"),
-            points=(first.name,),
-            locations=ctx.locations(first),
+            locations=where[:1],
+            related=where[1:],
             evidence={"num_samples": cal.num_samples, "min_samples": ctx.settings.min_samples},
             recommendation=Recommendation("Use more (and more diverse) calibration samples: hundreds of samples that "
                                           "cover the deployment conditions.",
@@ -78,7 +78,8 @@ def dataset_size(ctx: Context) -> list[Finding]:
                      f"calibration data (worst: {worst.name}, {unstable[0][1][0]:g} vs {unstable[0][1][1]:g}, "
                      f"{unstable[0][2]:.1f} dB apart): the representative dataset is too small or not diverse"),
             points=tuple(u[0].name for u in unstable),
-            locations=ctx.locations(worst),
+            locations=where[:1] or ctx.locations(worst),
+            related=(*where[1:], *ctx.locations(worst)),
             evidence={"unstable": [{"point": u[0].name, "thresholds": u[1], "cost_db": u[2]} for u in unstable[: ctx.settings.top_n]],
                       "share": share},
             recommendation=Recommendation("Add calibration samples that cover more of the input distribution "

@@ -123,14 +123,17 @@ def shift_negative(ctx: Context) -> list[Finding]:
         gain = after - a.predicted_sqnr_db
         if gain < ctx.settings.shift_negative_min_gain_db:
             continue
+        used = min(1.0, -a.min / a.threshold)
         findings.append(Finding(
             rule="shift-negative",
             severity=Severity.INFO,
             message=(f"{p.name} ({p.info.activation}) is quantized signed for a negative tail of {a.min:.3g} "
-                     f"against a maximum of {a.max:.3g}: half of the levels cover {100 * a.negative_fraction:.0f}% of values"),
+                     f"against a maximum of {a.max:.3g}: the {2 ** (a.n_bits - 1)} negative levels span "
+                     f"[{-a.threshold:g}, 0) and only {100 * used:.0f}% of them are used"),
             points=(p.name,),
             locations=ctx.locations(p),
             evidence={"min": a.min, "max": a.max, "negative_fraction": a.negative_fraction,
+                      "negative_levels_used": used,
                       "sqnr_db": a.predicted_sqnr_db, "shifted_sqnr_db": after, "shift": shift},
             recommendation=Recommendation(
                 "Shift the activation by its minimum so it quantizes unsigned, and fold the shift into the "

@@ -19,7 +19,13 @@ from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.stats import CalibrationResult
 from quantlens.core.torch_engine.calibrate import Progress, calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
-from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
+from quantlens.core.torch_engine.loading import (
+    Batch,
+    build_model,
+    definition_site,
+    iterate_batches,
+    load_function,
+)
 from quantlens.core.torch_engine.simulate import Metric, simulate
 from quantlens.core.torch_engine.sources import ConstructionSites
 
@@ -155,6 +161,9 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
         validation=validation if validation_ref else None, evaluate=evaluate, progress=progress,
     )
     result.timings["load"] = load_time
+    result.data_source = definition_site(load_function(config.data, roots))
+    if config.data.location is not None and Path(config.data.location.file).is_file():  # not "<command line>"
+        result.data_config = config.data.location
     start = time.perf_counter()
     result.findings = diagnose(result, config.diagnosis, config.ignore)
     result.timings["diagnose"] = time.perf_counter() - start

@@ -1,0 +1,178 @@
+"""The CLI end to end: a model given only by --model/--data, the JSON contract, exit codes,
+and every bad input reported as file:line with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantlens.daemon.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+
+MODELS = Path(__file__).resolve().parents[1] / "core" / "models"
+SAMPLE = MODELS / "sample_net.py"
+FAST = ["--no-progress", "--set", "num_calibration_batches=2"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full check of the sample model with no config file: the JSON it writes."""
+    out = tmp_path_factory.mktemp("cli") / "result.json"
+    code = main(["check", str(MODELS), "--model", f"{SAMPLE}:build", "--data", f"{SAMPLE}:batches",
+                 "--json", str(out), *FAST])
+    assert code == EXIT_OK
+    return json.loads(out.read_text())
+
+
+def test_model_and_data_alone_give_the_documented_json(sample_run: dict) -> None:
+    payload = sample_run
+    assert payload["format"] == "quantlens.result/1"
+    assert payload["config_file"] is None
+    assert payload["calibration"]["num_batches"] == 2
+    assert payload["settings"]["activation_error_method"] == "MSE"
+    assert payload["settings"]["activation_n_bits"] == 8
+    names = [p["name"] for p in payload["points"]]
+    assert len(names) == len(set(names)) > 10
+    for p in payload["points"]:
+        assert p["kind"] in ("module", "function")
+        assert Path(p["source"]["file"]) == SAMPLE and p["source"]["line"] > 0
+        act = p["activation"]
+        for key in ("threshold", "signed", "n_bits", "error_method", "z_threshold", "min", "max", "mean", "std",
+                    "method_thresholds"):
+            assert key in act, key
+        assert set(act["method_thresholds"]) == {"NOCLIPPING", "MSE", "MAE", "KL", "LP"}
+        if act["quantize"]:
+            # power-of-two threshold, and NOCLIPPING is the smallest power of two covering the range
+            assert math.log2(act["threshold"]) == round(math.log2(act["threshold"]))
+            peak = max(abs(act["min"]), abs(act["max"]))
+            t = act["method_thresholds"]["NOCLIPPING"]
+            assert t >= peak and (t / 2 < peak or peak == 0)
+        for kind in ("isolated", "cumulative"):
+            m = p["metrics"][kind]
+            assert set(m) >= {"mse", "cosine", "sqnr_db"}
+    with_weights = [p for p in payload["points"] if p["weights"]]
+    assert with_weights and all(p["weights"]["sqnr_db"] != "inf" for p in with_weights)
+    assert payload["output"]["top1_agreement"] is not None
+    # the dataset rules point at the data function's def line
+    dataset = [f for f in payload["findings"] if f["rule"] == "dataset-size"]
+    assert dataset and all(f["locations"][0]["line"] == _line_of(SAMPLE, "def batches") for f in dataset)
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_fail_on_turns_findings_into_exit_code_1(capsys: pytest.CaptureFixture[str], sample_run: dict) -> None:
+    severities = {f["severity"] for f in sample_run["findings"]}
+    assert "warning" in severities  # 16 samples: dataset-size
+    args = ["check", str(MODELS), "--model", f"{SAMPLE}:build", "--data", f"{SAMPLE}:batches", *FAST]
+    code, out, _ = _run([*args, "--fail-on", "warning", "--format", "github"], capsys)
+    assert code == EXIT_FINDINGS
+    assert "::warning file=sample_net.py" in out
+
+
+def _project(tmp_path: Path, config: str, model: str | None = None) -> Path:
+    (tmp_path / "net.py").write_text(model if model is not None else SAMPLE.read_text())
+    (tmp_path / "quantlens.toml").write_text(config)
+    return tmp_path
+
+
+GOOD = '[quantlens]\nmodel = "net.py:build"\ndata = "net.py:batches"\n'
+
+
+@pytest.mark.parametrize(("config", "line", "needle"), [
+    (GOOD + "activation_n_bits = 0\n", 4, "activation_n_bits"),
+    (GOOD + 'activation_error_method = "MEDIAN"\n', 4, "activation_error_method"),
+    (GOOD + "z_thresold = 3\n", 4, "z_threshold"),  # did you mean
+    ('[quantlens]\nmodel = "missing.py:build"\ndata = "net.py:batches"\n', 2, "missing.py"),
+    ('[quantlens]\nmodel = "net.py:nope"\ndata = "net.py:batches"\n', 2, "nope"),
+    ('[quantlens]\nmodel = "net.py:build"\ndata = "net.py:batches\n', 3, ""),  # TOML syntax error
+])
+def test_config_errors_exit_2_at_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, line: int,
+                                          needle: str) -> None:
+    project = _project(tmp_path, config)
+    code, out, err = _run(["check", str(project), "--no-progress"], capsys)
+    assert code == EXIT_USAGE
+    assert f"quantlens.toml:{line}:" in err
+    assert needle in err
+    assert "Traceback" not in err + out
+
+
+def test_bad_set_value_is_reported_at_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = _project(tmp_path, GOOD)
+    code, _, err = _run(["check", str(project), "--no-progress", "--set", "weights_n_bits=eight"], capsys)
+    assert code == EXIT_USAGE
+    assert "<command line>" in err and "weights_n_bits" in err
+
+
+BROKEN_FORWARD = SAMPLE.read_text().replace(
+    "        x = self.stem(x)\n", "        x = self.stem(x)\n        x = x[:, :, :, :, 0]  # @boom\n")
+
+
+def test_exception_in_forward_points_at_the_users_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = _project(tmp_path, GOOD, BROKEN_FORWARD)
+    code, out, err = _run(["check", str(project), "--no-progress"], capsys)
+    assert code == EXIT_USAGE
+    assert f"net.py:{_line_of(project / 'net.py', '@boom')}:" in err
+    assert "IndexError" in err
+    assert "Traceback" not in err + out
+
+
+def test_nan_in_the_data_is_reported_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = SAMPLE.read_text() + (
+        "\n\ndef nan_batches():\n"
+        "    data = batches(2)\n"
+        "    data[1][0, 0, 0, 0] = float('nan')  # @nan\n"
+        "    return data\n")
+    project = _project(tmp_path, '[quantlens]\nmodel = "net.py:build"\ndata = "net.py:nan_batches"\n', source)
+    code, out, err = _run(["check", str(project), "--no-progress"], capsys)
+    assert code == EXIT_USAGE
+    assert "quantlens.toml:3:" in err and "NaN" in err
+    assert "Traceback" not in err + out
+
+
+def test_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = SAMPLE.read_text() + "\n\ndef nothing():\n    return []\n"
+    project = _project(tmp_path, '[quantlens]\nmodel = "net.py:build"\ndata = "net.py:nothing"\n', source)
+    code, _, err = _run(["check", str(project), "--no-progress"], capsys)
+    assert code == EXIT_USAGE
+    assert "quantlens.toml:3:" in err and "no batches" in err
+
+
+def test_console_script_without_config_says_what_is_missing(tmp_path: Path) -> None:
+    """The installed entry point, in a fresh process: exit 2 and a message, no traceback."""
+    env = {**os.environ, "QUANTLENS_DEBUG": ""}
+    proc = subprocess.run([sys.executable, "-m", "quantlens.daemon.cli", "check", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == EXIT_USAGE
+    assert "no model configured" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_baseline_gate_fails_only_on_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["check", str(MODELS), "--model", f"{SAMPLE}:build", "--data", f"{SAMPLE}:batches", *FAST]
+    baseline = tmp_path / "baseline.json"
+    code, _, _ = _run([*args, "--write-baseline", str(baseline)], capsys)
+    assert code == EXIT_OK and json.loads(baseline.read_text())["format"] == "quantlens.baseline/1"
+    code, _, _ = _run([*args, "--baseline", str(baseline)], capsys)
+    assert code == EXIT_OK  # the same run is no regression
+    out = tmp_path / "after.json"
+    code, _, _ = _run([*args, "--set", "activation_n_bits=4", "--baseline", str(baseline), "--json", str(out)], capsys)
+    assert code == EXIT_FINDINGS
+    payload = json.loads(out.read_text())  # strict JSON: no Infinity/NaN tokens
+    assert payload["baseline"]["ok"] is False
+    assert payload["baseline"]["settings_changed"] == ["activation_n_bits"]
+    regressions = [f for f in payload["findings"] if f["rule"] == "baseline-regression"]
+    assert regressions and all(f["severity"] == "error" for f in regressions)
+    assert all(f["evidence"]["drop_db"] > 1.0 for f in regressions if "drop_db" in f["evidence"])
