@@ -13,19 +13,32 @@ import numpy as np
 from quantlens.core.activations import SHIFT_NEGATIVE_ACTIVATIONS, predicted_sqnr, shift_for
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import keep_wide, mct
+from quantlens.core.distribution import Distribution
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
 from quantlens.core.thresholds import search_threshold
 
 BULK_GAIN_DB = 12.0
 """An outlier finding needs the bulk to gain two power-of-two steps (12 dB) from clipping."""
+BULK_FLOOR_BITS = 4
+"""...and the bulk must be left with less than a 4-bit quantizer's SQNR (6.02 * 4 dB)."""
+ACCEPTABLE_LOSS_DB = 6.0
+"""A z_threshold is recommended only when all values together lose at most this much."""
+FAR_OUT_IQR = 3.0
+"""Tukey's far-out fences: the bulk is [q1 - 3 IQR, q3 + 3 IQR]."""
 NORM_INPUT_Z = 10.0
 
 
-def _bulk(ctx: Context, p: PointResult):
-    a = p.activation
-    z = ctx.settings.threshold_zscore_outlier_removal
-    return ctx.dist(p).restrict(a.mean - z * a.std, a.mean + z * a.std)
+def _bulk(ctx: Context, p: PointResult) -> Distribution:
+    """The values inside Tukey's far-out fences.
+
+    Not mean +- Z sigma: a few massive channels inflate sigma so much that most of their
+    values fall inside Z sigma, and the "bulk" would be the outliers themselves.
+    """
+    dist = ctx.dist(p)
+    q1, q3 = dist.quantile(np.array([0.25, 0.75]))
+    iqr = float(q3 - q1)
+    return dist.restrict(float(q1) - FAR_OUT_IQR * iqr, float(q3) + FAR_OUT_IQR * iqr)
 
 
 def outliers_zscore(ctx: Context) -> list[Finding]:
@@ -41,38 +54,53 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
         bulk = _bulk(ctx, p)
         current_all = a.predicted_sqnr_db
         current_bulk = ctx.sqnr_at(p, a.threshold, bulk)
+        searched = dist.shifted(a.shift) if a.shift else dist
         table = []
         for z in ctx.settings.candidate_z_thresholds:
-            searched = dist.shifted(a.shift) if a.shift else dist
             t = search_threshold(searched, settings.activation_error_method, a.n_bits, l_p_value=settings.l_p_value,
                                  z_threshold=z, power_of_two=settings.power_of_two_thresholds,
                                  signed=a.signed).threshold
             table.append({"z": z, "threshold": t, "sqnr_db": ctx.sqnr_at(p, t), "bulk_sqnr_db": ctx.sqnr_at(p, t, bulk),
                           "clipped_fraction": searched.mass_outside(-t if a.signed else 0.0, t)})
-        acceptable = [row for row in table if row["sqnr_db"] >= current_all - 6.0] or table
-        best = max(acceptable, key=lambda row: (row["bulk_sqnr_db"], row["z"]))
-        gain = best["bulk_sqnr_db"] - current_bulk
-        if gain < BULK_GAIN_DB and p.name not in ctx.degraded:
+        best_any = max(table, key=lambda row: (row["bulk_sqnr_db"], row["z"]))
+        if best_any["bulk_sqnr_db"] - current_bulk < BULK_GAIN_DB or current_bulk >= 6.02 * BULK_FLOOR_BITS:
             continue
-        findings.append(Finding(
-            rule="outliers-zscore",
-            severity=Severity.WARNING,
-            message=(f"{p.name} has outliers {z_max:.0f} standard deviations from the mean; they set the threshold "
-                     f"to {a.threshold:g} and leave the bulk of the values with few levels"),
-            points=(p.name,),
-            locations=ctx.locations(p),
-            evidence={"z_max": z_max, "mean": a.mean, "std": a.std, "min": a.min, "max": a.max,
-                      "threshold": a.threshold, "bulk_sqnr_db": current_bulk, "sqnr_db": current_all,
-                      "candidates": table},
-            recommendation=Recommendation(
+        acceptable = [row for row in table if row["sqnr_db"] >= current_all - ACCEPTABLE_LOSS_DB]
+        best = max(acceptable, key=lambda row: (row["bulk_sqnr_db"], row["z"])) if acceptable else None
+        bulk_share = 1.0 - bulk.count / dist.count if dist.count else 0.0
+        if best is not None and best["bulk_sqnr_db"] - current_bulk >= BULK_GAIN_DB:
+            recommendation = Recommendation(
                 f"Remove outliers before the threshold search (z_threshold = {best['z']:g}), or keep this layer at "
                 "16 bits if the outliers carry information (massive activations in transformers often do).",
                 config={"z_threshold": best["z"]},
                 mct=mct(z_threshold=best["z"]),
-            ),
-            predicted=(f"z_threshold={best['z']:g} would move the threshold from {a.threshold:g} to {best['threshold']:g} "
-                       f"and raise the SQNR of the values within {z_cut:g} std from {current_bulk:.1f} dB to "
-                       f"{best['bulk_sqnr_db']:.1f} dB (all values: {current_all:.1f} -> {best['sqnr_db']:.1f} dB)"),
+            )
+            predicted = (f"z_threshold={best['z']:g} would move the threshold from {a.threshold:g} to "
+                         f"{best['threshold']:g} and raise the SQNR of the bulk from {current_bulk:.1f} dB to "
+                         f"{best['bulk_sqnr_db']:.1f} dB (all values: {current_all:.1f} -> {best['sqnr_db']:.1f} dB)")
+        else:
+            recommendation = Recommendation(
+                "The outliers carry much of the signal: clipping them (any z_threshold) costs more than it gives. "
+                "Keep this point at 16 bits, or remove the outlier channels at their source (the DeiT outlier "
+                "study traces them to a few weights of the layer that produces them).",
+                config=keep_wide([p.name]),
+            )
+            predicted = (f"z_threshold={best_any['z']:g} would raise the bulk's SQNR from {current_bulk:.1f} to "
+                         f"{best_any['bulk_sqnr_db']:.1f} dB but drop all values' SQNR from {current_all:.1f} to "
+                         f"{best_any['sqnr_db']:.1f} dB; 16 bits keeps both")
+        findings.append(Finding(
+            rule="outliers-zscore",
+            severity=Severity.WARNING,
+            message=(f"{p.name} has outliers {z_max:.0f} standard deviations from the mean; they set the threshold "
+                     f"to {a.threshold:g} and leave the bulk ({100 * (1 - bulk_share):.1f}% of the values) "
+                     f"{current_bulk:.1f} dB SQNR"),
+            points=(p.name,),
+            locations=ctx.locations(p),
+            evidence={"z_max": z_max, "mean": a.mean, "std": a.std, "min": a.min, "max": a.max,
+                      "threshold": a.threshold, "bulk_sqnr_db": current_bulk, "sqnr_db": current_all,
+                      "outside_bulk_fraction": bulk_share, "candidates": table},
+            recommendation=recommendation,
+            predicted=predicted,
         ))
     return findings
 
