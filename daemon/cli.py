@@ -139,7 +139,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.command == "report":
         from quantlens.daemon.report.html import write_report
 
-        index = write_report(result, args.out, config.root)
+        index = write_report(result, args.out, config.root, config.diagnosis)
         print(format_findings(result, config.root))
         print(f"wrote {index}")
     elif to_stdout and fmt == "text":

@@ -24,7 +24,7 @@ def _db(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _row(p: PointResult, root: Path | None) -> list[str]:
+def point_row(p: PointResult, root: Path | None) -> list[str]:
     a = p.activation
     return [
         p.name,
@@ -45,7 +45,7 @@ RIGHT = {3, 4, 7, 8, 9}
 
 
 def format_table(result: AnalysisResult, root: Path | None) -> str:
-    rows = [HEADER] + [_row(p, root) for p in result.points]
+    rows = [HEADER] + [point_row(p, root) for p in result.points]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = []
     for n, row in enumerate(rows):
@@ -91,18 +91,18 @@ def format_findings(result: AnalysisResult, root: Path | None) -> str:
         if f.recommendation is not None:
             lines.append(f"    fix: {f.recommendation.explanation}")
             if f.recommendation.config:
-                settings = ", ".join(f"{k} = {_toml(v)}" for k, v in f.recommendation.config.items())
+                settings = ", ".join(f"{k} = {toml_value(v)}" for k, v in f.recommendation.config.items())
                 lines.append(f"    config: {settings}")
             if f.recommendation.mct:
                 lines.append(f"    MCT: {f.recommendation.mct}")
     return "\n".join(lines)
 
 
-def _toml(value: object) -> str:
+def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return str(value)
