@@ -43,17 +43,22 @@ class QuantSettings:
     weights_bias_correction: bool = True
     """MCT's default: subtract the mean output shift that weight quantization causes."""
     overrides: dict[str, PointOverride] = field(default_factory=dict)
-    """Keyed by point name, qualified module name or module type (e.g. ``"Linear"``)."""
+    """Keyed by point name, qualified module name (a parent such as ``"blocks.1"`` covers the
+    points inside it) or module type (e.g. ``"Linear"``)."""
 
     def with_changes(self, **changes: Any) -> QuantSettings:
         return dataclasses.replace(self, **changes)
 
     def for_point(self, names: list[str], module_types: list[str]) -> PointOverride:
-        """The override that applies to a point: by name first, then by module type."""
-        for key in [*names, *module_types]:
-            if key in self.overrides:
-                return self.overrides[key]
-        return PointOverride()
+        """The override that applies to a point: the most specific name, then its type."""
+        key = self.override_key(names, module_types)
+        return self.overrides[key] if key is not None else PointOverride()
+
+    def override_key(self, names: list[str], module_types: list[str]) -> str | None:
+        """The overrides entry for a point: its own names, then enclosing modules (innermost
+        first), then module types; None when no entry applies."""
+        candidates = [*names, *(parent for name in names for parent in _parents(name)), *module_types]
+        return next((key for key in candidates if key in self.overrides), None)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
@@ -133,3 +138,9 @@ def _number(name: str, value: Any) -> float:
     if math.isnan(number):
         raise ValueError(f"{name} must be a number, got NaN")
     return number
+
+
+def _parents(name: str) -> list[str]:
+    """``blocks.1.mlp.fc2`` -> ``blocks.1.mlp``, ``blocks.1``, ``blocks``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]

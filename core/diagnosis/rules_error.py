@@ -78,8 +78,11 @@ def output_and_global(ctx: Context) -> list[Finding]:
                 locations=locations,
                 evidence={"scores": scores, "failed": failed},
                 recommendation=Recommendation(
-                    "Errors accumulate across many layers: raise the bit width of the most sensitive layers "
-                    "(see sensitive-layers), or use GPTQ / QAT to let the weights absorb the error.",
+                    "Either errors accumulate across many layers (raise the bit width of the most sensitive layers, "
+                    "see sensitive-layers, or use GPTQ / QAT to let the weights absorb the error), or the output is "
+                    "computed after the last quantization point by an operation that cancels most of the signal "
+                    "(a subtraction of a large common offset, a normalisation): quantize before it loses the "
+                    "offset, or remove the offset from the layer (e.g. from its bias).",
                     mct="mct.gptq.pytorch_gradient_post_training_quantization(model, representative_data_gen, "
                         "gptq_config=mct.gptq.get_pytorch_gptq_config(n_epochs=5))",
                 ),
@@ -93,7 +96,7 @@ def output_and_global(ctx: Context) -> list[Finding]:
                 message=(f"{len(ctx.degraded)} of {len(ctx.quantized)} layers ({100 * ratio:.0f}%) are degraded: "
                          "a global problem, not one layer"),
                 points=tuple(sorted(ctx.degraded)),
-                locations=ctx.locations(ctx.quantized[0]),
+                locations=ctx.locations(next(p for p in ctx.quantized if p.name in ctx.degraded)),
                 evidence={"degraded": len(ctx.degraded), "layers": len(ctx.quantized), "ratio": ratio,
                           "threshold_degrade_layer_ratio": ctx.settings.threshold_degrade_layer_ratio},
                 recommendation=Recommendation(
@@ -137,6 +140,8 @@ def sensitive_layers(ctx: Context) -> list[Finding]:
     sens = ctx.result.sensitivity
     base = ctx.result.output.error.sqnr_db
     if not sens or not ctx.result.output.error.count:
+        return []
+    if base >= ctx.settings.sensitivity_output_sqnr_db and not ctx.degraded:
         return []
     best = max(sens, key=lambda e: e["output_sqnr_db"] - base)
     gain = best["output_sqnr_db"] - base

@@ -44,6 +44,8 @@ class DiagnosisSettings:
     bias_shift_ratio: float = 0.05
     """Output mean shift, relative to the point's standard deviation, worth correcting."""
     divergence_jump_db: float = 6.0
+    sensitivity_output_sqnr_db: float = 30.0
+    """Rank the sensitive layers only when the model output is below this SQNR (or a layer is degraded)."""
     calibrator_margin_db: float = 3.0
     shift_negative_min_gain_db: float = 1.0
     top_n: int = 5

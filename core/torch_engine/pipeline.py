@@ -97,8 +97,8 @@ def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, points
                     key=lambda p: p.isolated.sqnr_db)  # type: ignore[union-attr]
     out: list[dict[str, Any]] = []
     for k in ks:
-        if k > len(ranked):
-            break
+        if 2 * k > len(ranked):
+            break  # keeping half the model wide says nothing about which layers matter
         chosen = [p.name for p in ranked[:k]]
         overrides = {**settings.overrides, **{n: PointOverride(activation_n_bits=16, weights_n_bits=16) for n in chosen}}
         trial = settings.with_changes(overrides=overrides)
@@ -161,6 +161,7 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
         validation=validation if validation_ref else None, evaluate=evaluate, progress=progress,
     )
     result.timings["load"] = load_time
+    result.problems.extend(_unmatched_overrides(config, result))
     result.data_source = definition_site(load_function(config.data, roots))
     if config.data.location is not None and Path(config.data.location.file).is_file():  # not "<command line>"
         result.data_config = config.data.location
@@ -171,6 +172,16 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
     result.data = _ref_text(config.data, config.root)
     result.config_file = str(config.config_file) if config.config_file else None
     return result
+
+
+def _unmatched_overrides(config: ProjectConfig, result: AnalysisResult) -> list[Problem]:
+    """An override that matches no point is a typo the user must hear about."""
+    used = {config.settings.override_key([p.name, *p.info.modules], p.info.module_types) for p in result.points}
+    names = [p.name for p in result.points]
+    return [Problem(f"override {key!r} matches no quantization point, module or module type",
+                    config.location_of(f"overrides.{key}") or config.location_of("overrides"), code="config",
+                    hint=f"points: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+            for key in config.settings.overrides if key not in used]
 
 
 def _roots(config: ProjectConfig) -> list[Path]:

@@ -150,10 +150,12 @@ class _QuantPass:
         return None
 
     def module_output(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if name in self.plan.folded_bn:
-            return args[0]  # folded into the conv's quantized weights
+        folded = name in self.plan.folded_bn
+        if folded:
+            output = args[0]  # the BN is folded into the conv's quantized weights
         point = self.plan.output_module.get(name)
-        return None if point is None else self._quantize(point, output)
+        quantized = None if point is None else self._quantize(point, output)
+        return output if quantized is None and folded else quantized
 
     def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
                         kwargs: dict[str, Any], output: Any) -> Any:

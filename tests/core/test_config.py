@@ -123,3 +123,20 @@ def test_no_config_file_needs_model_and_data_from_the_command_line(tmp_path):
     assert {p.message for p in problems} == {"no model configured", "no data configured"}
     config = load_config(tmp_path, overrides={"model": f"{tmp_path}/net.py:build", "data": f"{tmp_path}/net.py:build"})
     assert config.config_file is None and config.root == tmp_path.resolve()
+
+
+def test_override_lookup_prefers_the_most_specific_name() -> None:
+    from quantlens.core.settings import PointOverride, QuantSettings
+
+    settings = QuantSettings(overrides={
+        "blocks": PointOverride(activation_n_bits=4),
+        "blocks.1": PointOverride(activation_n_bits=6),
+        "blocks.1.fc2": PointOverride(activation_n_bits=16),
+        "Linear": PointOverride(weights_n_bits=4),
+    })
+    assert settings.override_key(["blocks.1.fc2"], ["Linear"]) == "blocks.1.fc2"
+    assert settings.override_key(["blocks.1.fc1"], ["Linear"]) == "blocks.1"
+    assert settings.override_key(["blocks.0.fc1"], ["Linear"]) == "blocks"
+    assert settings.override_key(["head"], ["Linear"]) == "Linear"
+    assert settings.override_key(["head"], ["Conv2d"]) is None
+    assert settings.for_point(["blocks.1.fc1"], ["Linear"]).activation_n_bits == 6

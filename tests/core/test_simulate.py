@@ -117,3 +117,36 @@ def test_sensitivity_resimulation_gains(analysis):
     worst = min(analysis.points, key=lambda p: p.isolated.sqnr_db)
     assert entries[1]["points"] == [worst.name]
     assert entries[3]["output_sqnr_db"] >= analysis.output.error.sqnr_db - 0.5
+
+
+class _ConvBnConv(torch.nn.Module):
+    """A linear bottleneck: Conv+BN with no activation, then another conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.bn(self.conv(x)))
+
+
+def test_conv_bn_without_activation_is_quantized_in_the_quantized_pass() -> None:
+    """Regression: a folded BN ending a point used to skip its fake quantization."""
+    from quantlens.core import analyze
+
+    torch.manual_seed(0)
+    model = _ConvBnConv()
+    model.bn.running_var.fill_(2.0)
+    model.bn.running_mean.fill_(0.1)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(3)]
+    result = analyze(model, batches, QuantSettings(activation_n_bits=4))
+    conv, conv2 = result.point("conv"), result.point("conv2")
+    assert conv.info.op == "Conv2d+BatchNorm2d"
+    assert conv.cumulative is not None
+    assert conv.cumulative.sqnr_db == pytest.approx(conv.isolated.sqnr_db, abs=1e-6)
+    # conv2 inherits conv's error: its cumulative SQNR is below its own isolated one
+    assert conv2.cumulative.sqnr_db < conv2.isolated.sqnr_db - 1.0

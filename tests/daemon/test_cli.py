@@ -176,3 +176,11 @@ def test_baseline_gate_fails_only_on_a_regression(tmp_path: Path, capsys: pytest
     regressions = [f for f in payload["findings"] if f["rule"] == "baseline-regression"]
     assert regressions and all(f["severity"] == "error" for f in regressions)
     assert all(f["evidence"]["drop_db"] > 1.0 for f in regressions if "drop_db" in f["evidence"])
+
+
+def test_an_override_that_matches_nothing_is_reported_at_its_line(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    project = _project(tmp_path, GOOD + "num_calibration_batches = 2\n\n[quantlens.overrides.stemm]\nquantize = false\n")
+    code, _, err = _run(["check", str(project), "--no-progress"], capsys)
+    assert code == EXIT_OK  # the analysis itself is valid
+    assert "quantlens.toml:6:" in err and "'stemm' matches no quantization point" in err
