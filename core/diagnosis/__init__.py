@@ -115,10 +115,17 @@ def aggregate(findings: list[Finding], result: AnalysisResult) -> list[Finding]:
 
 
 def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
+    """Degraded points that no rule explains and whose own quantization is to blame.
+
+    A point that is fine in isolation but degraded cumulatively inherits upstream error:
+    first-divergence names where that starts, so it is not "unexplained".
+    """
     explained = {n for f in findings if f.rule not in ("degraded-layer", "global-degradation") for n in f.points}
     out = []
     for name in sorted(ctx.degraded - explained):
         p = ctx.by_name[name]
+        if p.isolated is not None and not rules_error.failed_metrics(ctx, p.isolated, p.custom):
+            continue
         out.append(Finding(
             rule="degraded-unexplained",
             severity=Severity.WARNING,

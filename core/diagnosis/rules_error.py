@@ -29,13 +29,18 @@ def _scores(ctx: Context, sums: ErrorSums, custom: dict[str, float]) -> dict[str
     return scores
 
 
+def failed_metrics(ctx: Context, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
+    """The metrics on which ``sums`` passes its degradation threshold, with their scores."""
+    return {m: s for m, s in _scores(ctx, sums, custom).items() if ctx.settings.is_degraded(m, s)}
+
+
 def degraded_layers(ctx: Context) -> list[Finding]:
     findings = []
     for p in ctx.quantized:
         if p.cumulative is None:
             continue
         scores = _scores(ctx, p.cumulative, p.custom)
-        failed = {m: s for m, s in scores.items() if ctx.settings.is_degraded(m, s)}
+        failed = failed_metrics(ctx, p.cumulative, p.custom)
         if not failed:
             continue
         ctx.degraded.add(p.name)
