@@ -102,8 +102,8 @@ class PointStats:
     def negative_fraction(self) -> float:
         neg = self.bins < histogram.OFFSET
         total = self.counts.sum()
-        lo, _ = histogram.bin_bounds(self.bins)
-        strictly = neg & (lo < 0)
+        _, hi = histogram.bin_bounds(self.bins)
+        strictly = neg & (hi < 0)  # the bin of -0.0 (and |x| < 2^-134) holds zeros, not negatives
         return float(self.counts[:, strictly].sum() / total) if total else 0.0
 
 

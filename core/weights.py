@@ -40,6 +40,12 @@ class WeightReport:
     bias_shift: np.ndarray | None = None
     """Per output channel: mean output change caused by weight quantization, (Wq - W) . E[x]."""
     bias_corrected: bool = False
+    worst_channel_sqnr_db: float | None = None
+    """The lowest SQNR of one output channel: the tensor's SQNR is dominated by its largest
+    channels, so it hides the small channels a per-tensor grid flattens."""
+    other_granularity_worst_channel_sqnr_db: float | None = None
+    """The same with the other granularity (per-tensor when per-channel is configured, and vice
+    versa), so a finding can predict the switch without another pass."""
 
     def to_json(self) -> dict:
         return {
@@ -60,6 +66,8 @@ class WeightReport:
             "folded_bn": self.folded_bn,
             "bias_shift": None if self.bias_shift is None else [float(v) for v in self.bias_shift],
             "bias_corrected": self.bias_corrected,
+            "worst_channel_sqnr_db": self.worst_channel_sqnr_db,
+            "other_granularity_worst_channel_sqnr_db": self.other_granularity_worst_channel_sqnr_db,
         }
 
 
@@ -77,17 +85,8 @@ def quantize_weights(
 ) -> tuple[np.ndarray, WeightReport]:
     """Quantized weights and the report; ``weight`` is already BN-folded where deployed so."""
     w = np.asarray(weight, dtype=np.float64)
-    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1) if per_channel else w.reshape(1, -1)
-    if method is ErrorMethod.KL:
-        thresholds = np.array([_row_threshold(r, n_bits, method, l_p_value, power_of_two) for r in rows])
-    else:
-        thresholds = _vector_thresholds(rows, n_bits, method, l_p_value, power_of_two)
-    q_rows = fake_quantize(rows, thresholds[:, None], n_bits, True)
-    if per_channel:
-        shape = list(np.moveaxis(w, channel_axis, 0).shape)
-        wq = np.moveaxis(q_rows.reshape(shape), 0, channel_axis)
-    else:
-        wq = q_rows.reshape(w.shape)
+    wq, thresholds = _quantize(w, channel_axis, per_channel, n_bits, method, l_p_value, power_of_two)
+    other, _ = _quantize(w, channel_axis, not per_channel, n_bits, method, l_p_value, power_of_two)
     mean, std = float(w.mean()), float(w.std())
     change = abs(float(wq.mean()) - mean) / max(abs(mean), 1e-12) + abs(float(wq.std()) - std) / max(std, 1e-12)
     report = WeightReport(
@@ -106,8 +105,42 @@ def quantize_weights(
         sqnr_db=sqnr_db(w, wq),
         change_score=change,
         folded_bn=folded_bn,
+        worst_channel_sqnr_db=_worst_channel_sqnr_db(w, wq, channel_axis),
+        other_granularity_worst_channel_sqnr_db=_worst_channel_sqnr_db(w, other, channel_axis),
     )
     return wq, report
+
+
+DEAD_CHANNEL_RMS = 1e-4
+"""Channels whose RMS is below this share of the largest channel's carry no signal to lose."""
+
+
+def _worst_channel_sqnr_db(w: np.ndarray, wq: np.ndarray, channel_axis: int) -> float:
+    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
+    q_rows = np.moveaxis(wq, channel_axis, 0).reshape(rows.shape)
+    signal = np.mean(rows**2, axis=1)
+    noise = np.mean((q_rows - rows) ** 2, axis=1)
+    live = signal > (DEAD_CHANNEL_RMS**2) * signal.max() if signal.max() > 0 else np.zeros(len(rows), bool)
+    if not live.any():
+        return float("inf")
+    with np.errstate(divide="ignore"):
+        per_channel = 10.0 * np.log10(signal[live] / noise[live])
+    return float(min(per_channel.min(), 200.0))
+
+
+def _quantize(w: np.ndarray, channel_axis: int, per_channel: bool, n_bits: int, method: ErrorMethod,
+              l_p_value: float, power_of_two: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fake-quantized weights and their thresholds (one per output channel, or one)."""
+    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1) if per_channel else w.reshape(1, -1)
+    if method is ErrorMethod.KL:
+        thresholds = np.array([_row_threshold(r, n_bits, method, l_p_value, power_of_two) for r in rows])
+    else:
+        thresholds = _vector_thresholds(rows, n_bits, method, l_p_value, power_of_two)
+    q_rows = fake_quantize(rows, thresholds[:, None], n_bits, True)
+    if not per_channel:
+        return q_rows.reshape(w.shape), thresholds
+    shape = list(np.moveaxis(w, channel_axis, 0).shape)
+    return np.moveaxis(q_rows.reshape(shape), 0, channel_axis), thresholds
 
 
 def output_mean_shift(weight: np.ndarray, quantized: np.ndarray, input_mean: np.ndarray, groups: int = 1) -> np.ndarray:

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from quantlens.core.diagnosis import rules_data, rules_error, rules_range
+from quantlens.core.diagnosis import rules_data, rules_error, rules_range, rules_weights
 from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.settings import DiagnosisSettings
@@ -40,9 +40,14 @@ RULE_ORDER: tuple[Rule, ...] = (
     rules_range.normalization_inputs,
     rules_data.dataset_size,
     rules_data.dataset_mismatch,
-    rules_data.bias_correction,
+    rules_weights.weight_precision,
+    rules_weights.bias_correction,
     rules_data.calibrator_comparison,
 )
+
+NOT_A_CAUSE = frozenset({"degraded-layer", "global-degradation", "sensitive-layers", "first-divergence",
+                         "output-degraded"})
+"""Rules that say where or how much, not why: they do not explain a degraded layer."""
 
 _IGNORE = re.compile(r"#\s*quantlens:\s*ignore(?:\[([^\]]*)\])?")
 
@@ -120,20 +125,24 @@ def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
     A point that is fine in isolation but degraded cumulatively inherits upstream error:
     first-divergence names where that starts, so it is not "unexplained".
     """
-    explained = {n for f in findings if f.rule not in ("degraded-layer", "global-degradation") for n in f.points}
+    explained = {n for f in findings if f.rule not in NOT_A_CAUSE for n in f.points}
     out = []
     for name in sorted(ctx.degraded - explained):
         p = ctx.by_name[name]
         if p.isolated is not None and not rules_error.failed_metrics(ctx, p.isolated, p.custom):
             continue
+        bits = f"{p.activation.n_bits}-bit activations" + (f", {p.weights.n_bits}-bit weights" if p.weights else "")
         out.append(Finding(
             rule="degraded-unexplained",
             severity=Severity.WARNING,
-            message=f"{name} is degraded and no rule explains why",
+            message=(f"{name} is degraded by its own quantization (isolated SQNR {p.isolated.sqnr_db:.1f} dB with "
+                     f"{bits}) and no rule finds a cause in its ranges, weights or data"),
             points=(name,),
             locations=ctx.locations(p),
             evidence={"cumulative_sqnr_db": p.cumulative.sqnr_db if p.cumulative else None,
-                      "isolated_sqnr_db": p.isolated.sqnr_db if p.isolated else None},
+                      "isolated_sqnr_db": p.isolated.sqnr_db if p.isolated else None,
+                      "activation_n_bits": p.activation.n_bits,
+                      "weights_n_bits": p.weights.n_bits if p.weights else None},
             recommendation=Recommendation(
                 "Test it directly: keep this point at 16 bits (or unquantized) and compare; consider GPTQ or QAT.",
                 config=rules_error.keep_wide([name]),

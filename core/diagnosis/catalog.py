@@ -44,6 +44,10 @@ RULES: dict[str, RuleInfo] = {r.id: r for r in [
     RuleInfo("dataset-mismatch", "Representative dataset mismatch",
              "Per-layer distributions differ between calibration and validation data.",
              Severity.WARNING),
+    RuleInfo("weight-precision", "Weights lose precision",
+             "A layer's quantized weights fall under the SQNR its bit width should give (per-tensor thresholds "
+             "over channels of very different ranges, folded BatchNorm with a collapsed variance).",
+             Severity.WARNING),
     RuleInfo("bias-correction", "Bias shift from weight quantization",
              "Weight quantization shifts the mean of output channels; bias correction would remove it.",
              Severity.INFO),

@@ -1,4 +1,4 @@
-"""Rules about the data and the calibrator: dataset size and match, bias, methods, NaN."""
+"""Rules about the data and the calibrator: dataset size and match, methods, NaN."""
 
 from __future__ import annotations
 
@@ -123,37 +123,6 @@ def dataset_mismatch(ctx: Context) -> list[Finding]:
                       "validation_max": vmax, "calibration_min": a.min, "calibration_max": a.max},
             recommendation=Recommendation("Calibrate on data drawn like the deployment data (same preprocessing, "
                                           "same conditions); the representative dataset does not match validation."),
-        ))
-    return findings
-
-
-def bias_correction(ctx: Context) -> list[Finding]:
-    findings = []
-    for p in ctx.quantized:
-        w = p.weights
-        if w is None or w.bias_shift is None or not len(w.bias_shift) or p.activation.std <= 0:
-            continue
-        ratio = float(np.max(np.abs(w.bias_shift)) / p.activation.std)
-        if ratio <= ctx.settings.bias_shift_ratio:
-            continue
-        worst = [int(i) for i in np.argsort(-np.abs(w.bias_shift))[:3]]
-        corrected = w.bias_corrected
-        findings.append(Finding(
-            rule="bias-correction",
-            severity=Severity.INFO if corrected else Severity.WARNING,
-            message=(f"weight quantization shifts the mean of {p.name}'s output channels by up to "
-                     f"{100 * ratio:.0f}% of its std (channels {', '.join(map(str, worst))}); "
-                     + ("bias correction removes it" if corrected else "bias correction is off")),
-            points=(p.name,),
-            locations=ctx.locations(p),
-            evidence={"max_shift_over_std": ratio, "worst_channels": worst,
-                      "shifts": [float(w.bias_shift[i]) for i in worst], "bias_corrected": corrected},
-            recommendation=Recommendation(
-                "Keep bias correction on: it subtracts (Wq - W) . E[x] from the bias." if corrected else
-                "Turn on bias correction: it subtracts the mean output shift (Wq - W) . E[x] from the bias.",
-                config={} if corrected else {"weights_bias_correction": True},
-                mct=mct(weights_bias_correction=True),
-            ),
         ))
     return findings
 
