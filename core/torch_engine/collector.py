@@ -1,8 +1,7 @@
 """Streaming statistics on the model's device, a fixed amount of memory per point.
 
 Per batch and point the work is: one integer shift for the float-bits bin of every value,
-two ``bincount`` calls (counts and sums per bin), one sum of squares, and per-channel
-min/max. Accumulators stay on the device; nothing is copied to the host until
+a scatter of counts and sums into the bins, one sum of squares, and per-channel min/max. Accumulators stay on the device; nothing is copied to the host until
 :meth:`Collector.finish`. Even batches go to half 0 and odd batches to half 1.
 """
 
@@ -18,6 +17,26 @@ from torch import nn
 from quantlens.core import histogram
 from quantlens.core.stats import PointInfo, PointStats
 from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
+
+
+_ONE = torch.ones((), dtype=torch.float64)
+
+
+def _add_to_bins(counts: torch.Tensor, sums: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """Add every value's count and value to its bin (sums in float64, whatever the path).
+
+    ``index_add_`` costs per value only; ``bincount`` also pays for all 2^17 bins but
+    runs faster per value, so it wins once a tensor has more values than bins. Per-call
+    overhead, not arithmetic, dominates small layers, which is what keeps calibration near
+    the cost of the plain forward pass.
+    """
+    wide = values.double()
+    if idx.numel() > histogram.NUM_BINS:
+        counts += torch.bincount(idx, minlength=histogram.NUM_BINS)
+        sums += torch.bincount(idx, weights=wide, minlength=histogram.NUM_BINS)
+    else:
+        counts.index_add_(0, idx, _ONE.to(counts.device).expand(idx.shape))
+        sums.index_add_(0, idx, wide)
 
 
 class _Accumulator:
@@ -43,8 +62,7 @@ class _Accumulator:
         flat = y.view(-1)
         idx = flat.view(torch.int32) >> histogram.SHIFT
         idx += histogram.OFFSET
-        self.counts[half] += torch.bincount(idx, minlength=histogram.NUM_BINS)
-        self.sums[half] += torch.bincount(idx, weights=flat, minlength=histogram.NUM_BINS)
+        _add_to_bins(self.counts[half], self.sums[half], idx, flat)
         self.sumsq[half] += torch.sum(flat * flat, dtype=torch.float64)
         axis = self.point.channel_axis if y.ndim > 1 else 0
         if y.ndim == 0:

@@ -1,0 +1,220 @@
+"""Benchmarks, measured side by side in one run (ratios, not absolute seconds).
+
+For every fixture (fixtures/*/quantlens.toml):
+
+* calibration with quantlens statistics / plain float forward over the same batches;
+* the same ratio for torch.ao.quantization's HistogramObserver and MinMaxObserver attached
+  at the same points (through the same hooks), and for the hooks alone;
+* threshold search for all points and all five error methods;
+* peak memory (RSS) of calibration with 1x and 10x the data, each in a fresh process.
+
+    .venv/bin/python bench/run.py [--repeats 5] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+
+from quantlens.core.activations import quantize_activations
+from quantlens.core.config import load_config
+from quantlens.core.settings import QuantSettings
+from quantlens.core.stats import PointInfo
+from quantlens.core.torch_engine.calibrate import calibrate_batches
+from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor
+from quantlens.core.torch_engine.loading import build_model, iterate_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_FIXTURES = ["mobilenet_like", "deit_tiny", "two_branch_concat", "activations_zoo", "clean_mlp"]
+"""The fixtures with models of their own (the scenario folders reuse these models)."""
+BENCH_MODELS = [ROOT / "bench" / "resnet18_like"]
+"""Models of realistic width, written for the benchmark only."""
+
+
+class _Observe:
+    """Instrumentation handler feeding one torch.ao observer per quantlens point."""
+
+    def __init__(self, points: list[PointInfo], make_observer: Callable[[], Any] | None):
+        self.by_module = {p.modules[-1]: p.name for p in points if p.modules and not p.output_function}
+        self.by_function = {p.output_function: p.name for p in points if p.output_function}
+        self.observers = {p.name: make_observer() for p in points} if make_observer else {}
+
+    def module_input(self, name: str, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        return None
+
+    def module_output(self, name: str, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        point = self.by_module.get(name)
+        if point is not None and self.observers:
+            self.observers[point](first_tensor(output).float())
+        return None
+
+    def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...], kwargs: dict[str, Any],
+                        output: Any) -> None:
+        point = self.by_function.get(key)
+        if point is not None and self.observers:
+            self.observers[point](first_tensor(output).float())
+        return None
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any]:
+    config = load_config(folder)
+    roots = [config.root]
+    model, sites = build_model(config.model, roots, config.weights)
+    once = list(iterate_batches(config.data, roots, torch.device("cpu")))
+    batches = once * data_factor
+    calibration = calibrate_batches(model, once, roots, sites)
+    points = calibration.points
+
+    def plain_once() -> None:
+        with torch.no_grad():
+            for b in once:
+                model(*b.args, **b.kwargs)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for b in batches:
+                model(*b.args, **b.kwargs)
+
+    def observed(make: Callable[[], Any] | None) -> None:
+        handler = _Observe(points, make)
+        with torch.no_grad(), Instrumentation(model, handler, watched=set(handler.by_module)):
+            for b in batches:
+                model(*b.args, **b.kwargs)
+
+    t_plain = _time(plain, repeats)
+    t_ours = _time(lambda: calibrate_batches(model, batches, roots, sites), repeats)
+    t_ours_once = _time(lambda: calibrate_batches(model, once, roots, sites), repeats) / _time(plain_once, repeats)
+    t_hooks = _time(lambda: observed(None), repeats)
+    t_hist = _time(lambda: observed(HistogramObserver), repeats)
+    t_minmax = _time(lambda: observed(MinMaxObserver), repeats)
+    settings = QuantSettings()
+    t_search = _time(lambda: quantize_activations(calibration, settings), repeats)
+    return {
+        "fixture": folder.name,
+        "points": len(points),
+        "batches": len(batches),
+        "samples": calibration.num_samples * data_factor,
+        "plain_forward_s": t_plain,
+        "quantlens_ratio": t_ours / t_plain,
+        "quantlens_ratio_1x": t_ours_once,
+        "hooks_only_ratio": t_hooks / t_plain,
+        "histogram_observer_ratio": t_hist / t_plain,
+        "minmax_observer_ratio": t_minmax / t_plain,
+        "search_all_methods_ms": 1e3 * t_search,
+    }
+
+
+MEMORY_SCRIPT = """
+import resource, sys, torch
+from pathlib import Path
+from quantlens.core.config import load_config
+from quantlens.core.torch_engine.calibrate import calibrate_batches
+from quantlens.core.torch_engine.loading import build_model, iterate_batches
+folder, times = Path(sys.argv[1]), int(sys.argv[2])
+config = load_config(folder)
+model, sites = build_model(config.model, [config.root], config.weights)
+def data():
+    for _ in range(times):
+        yield from iterate_batches(config.data, [config.root], torch.device("cpu"))
+calibrate_batches(model, [next(iter(data()))], [config.root], sites)  # warm: discovery, allocator
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = calibrate_batches(model, data(), [config.root], sites)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after, after - before, result.num_samples)
+"""
+
+
+def peak_memory(folder: Path, times: int) -> tuple[float, float, int]:
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder), str(times)],
+                         capture_output=True, text=True, check=True)
+    peak_kb, growth_kb, samples = out.stdout.split()
+    return int(peak_kb) / 1024, int(growth_kb) / 1024, int(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--write", type=Path, help="write the results table into this markdown file")
+    parser.add_argument("--fixtures", nargs="*", default=MODEL_FIXTURES)
+    parser.add_argument("--data-factor", type=int, default=10,
+                        help="time calibration over the fixture's batches repeated this often (default 10)")
+    args = parser.parse_args()
+    folders = [ROOT / "fixtures" / f for f in args.fixtures] + BENCH_MODELS
+    rows = []
+    for folder in folders:
+        row = bench_fixture(folder, args.repeats, args.data_factor)
+        peak1, growth1, n1 = peak_memory(folder, 1)
+        peak10, growth10, n10 = peak_memory(folder, 10)
+        row.update({"peak_rss_1x_mb": peak1, "peak_rss_10x_mb": peak10, "samples_1x": n1, "samples_10x": n10,
+                    "rss_growth_1x_mb": growth1, "rss_growth_10x_mb": growth10})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.write:
+        args.write.write_text(render(rows, args.repeats, args.data_factor), encoding="utf-8")
+    return 0
+
+
+def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (`.venv/bin/python bench/run.py --write BENCHMARKS.md`) on a quiet machine, median of "
+        f"{repeats} runs after a warm-up, all numbers of one fixture measured side by side in one process.",
+        f"Machine: {platform.system()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}.",
+        "",
+        "Ratios are wall time / plain float forward over the same batches (lower is better; 1.0 is the",
+        f"physical floor), over each fixture's calibration batches repeated {data_factor}x. quantlens = full",
+        "calibration (includes the discovery pass on the first batch and the fixed cost of allocating",
+        "and reading back the accumulators); `1x data` = the same over the fixture's batches once, where",
+        "those fixed costs weigh most. hooks only = the same module hooks and function mode with nothing",
+        "recorded; the torch.ao observers are attached at quantlens's points through those same hooks.",
+        "",
+        "| fixture | points | batches x samples | plain forward | quantlens | quantlens, 1x data | hooks only | HistogramObserver | MinMaxObserver | threshold search, 5 methods |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['fixture']} | {r['points']} | {r['batches']} x {r['samples'] // r['batches']} | "
+            f"{1e3 * r['plain_forward_s']:.1f} ms | {r['quantlens_ratio']:.2f}x | {r['quantlens_ratio_1x']:.2f}x | "
+            f"{r['hooks_only_ratio']:.2f}x | "
+            f"{r['histogram_observer_ratio']:.2f}x | {r['minmax_observer_ratio']:.2f}x | {r['search_all_methods_ms']:.0f} ms |")
+    lines += [
+        "",
+        "Peak memory of calibration (max RSS of a fresh process; growth = RSS added by the calibration",
+        "pass itself after a warm-up batch), with the calibration data once and ten times:",
+        "",
+        "| fixture | samples 1x / 10x | peak RSS 1x | peak RSS 10x | growth 1x | growth 10x |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['fixture']} | {r['samples_1x']} / {r['samples_10x']} | {r['peak_rss_1x_mb']:.0f} MB | "
+                     f"{r['peak_rss_10x_mb']:.0f} MB | {r['rss_growth_1x_mb']:.0f} MB | {r['rss_growth_10x_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
