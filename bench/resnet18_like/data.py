@@ -1,4 +1,4 @@
-"""Benchmark inputs: 4 batches of 16 images of 3x64x64 from a seeded generator."""
+"""Benchmark inputs: 2 batches of 16 images of 3x64x64 from a seeded generator."""
 
 from __future__ import annotations
 
@@ -9,5 +9,5 @@ import torch
 
 def calibration_batches() -> Iterator[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    for _ in range(4):
+    for _ in range(2):
         yield torch.randn(16, 3, 64, 64, generator=g)

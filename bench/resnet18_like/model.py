@@ -34,7 +34,7 @@ class BasicBlock(nn.Module):
 class ResNet18Like(nn.Module):
     def __init__(self, num_classes: int = 100) -> None:
         super().__init__()
-        self.stem = conv_bn(3, 64)
+        self.stem = conv_bn(3, 64, stride=2)
         widths = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
         self.stages = nn.Sequential(*[
             nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)) for cin, cout, stride in widths
