@@ -22,15 +22,14 @@ from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
 _ONE = torch.ones((), dtype=torch.float64)
 
 
-def _add_to_bins(counts: torch.Tensor, sums: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
-    """Add every value's count and value to its bin (sums in float64, whatever the path).
+def _add_to_bins(counts: torch.Tensor, sums: torch.Tensor, idx: torch.Tensor, wide: torch.Tensor) -> None:
+    """Add every value's count and value (``wide``: the values in float64) to its bin.
 
     ``index_add_`` costs per value only; ``bincount`` also pays for all 2^17 bins but
     runs faster per value, so it wins once a tensor has more values than bins. Per-call
     overhead, not arithmetic, dominates small layers, which is what keeps calibration near
     the cost of the plain forward pass.
     """
-    wide = values.double()
     if idx.numel() > histogram.NUM_BINS:
         counts += torch.bincount(idx, minlength=histogram.NUM_BINS)
         sums += torch.bincount(idx, weights=wide, minlength=histogram.NUM_BINS)
@@ -62,8 +61,9 @@ class _Accumulator:
         flat = y.view(-1)
         idx = flat.view(torch.int32) >> histogram.SHIFT
         idx += histogram.OFFSET
-        _add_to_bins(self.counts[half], self.sums[half], idx, flat)
-        self.sumsq[half] += torch.sum(flat * flat, dtype=torch.float64)
+        wide = flat.double()
+        _add_to_bins(self.counts[half], self.sums[half], idx, wide)
+        self.sumsq[half] += torch.dot(wide, wide)
         axis = self.point.channel_axis if y.ndim > 1 else 0
         if y.ndim == 0:
             cmin, cmax = y.reshape(1), y.reshape(1)
@@ -93,7 +93,9 @@ class _Accumulator:
     def observe_channel_mean(self, x: torch.Tensor, axis: int) -> None:
         x = x.detach().float()
         other = tuple(d for d in range(x.ndim) if d != axis % x.ndim)
-        total = x.sum(dim=other, dtype=torch.float64) if other else x.double()
+        # float32 partial sums (one batch) then float64 across batches: a float64 reduction
+        # would first copy the whole input to float64
+        total = x.sum(dim=other).double() if other else x.double()
         if self.input_channel_sum is None or self.input_channel_sum.shape != total.shape:
             self.input_channel_sum = total.clone()
             self.input_channel_count = x.numel() // max(total.numel(), 1)
