@@ -127,7 +127,7 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
 
 
 MEMORY_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 from pathlib import Path
 from quantlens.core.config import load_config
 from quantlens.core.torch_engine.calibrate import calibrate_batches
@@ -138,10 +138,14 @@ model, sites = build_model(config.model, [config.root], config.weights)
 def data():
     for _ in range(times):
         yield from iterate_batches(config.data, [config.root], torch.device("cpu"))
+def peak_kb():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, across fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 calibrate_batches(model, [next(iter(data()))], [config.root], sites)  # warm: discovery, allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 result = calibrate_batches(model, data(), [config.root], sites)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 print(after, after - before, result.num_samples)
 """
 
@@ -181,7 +185,7 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Produced by `make bench` (`.venv/bin/python bench/run.py --write BENCHMARKS.md`) on a quiet machine, median of "
+        "Produced by `make bench` (`.venv/bin/python bench/run.py --write BENCHMARKS.md`), median of "
         f"{repeats} runs after a warm-up, all numbers of one fixture measured side by side in one process.",
         f"Machine: {platform.system()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}.",
@@ -204,8 +208,10 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
             f"{r['histogram_observer_ratio']:.2f}x | {r['minmax_observer_ratio']:.2f}x | {r['search_all_methods_ms']:.0f} ms |")
     lines += [
         "",
-        "Peak memory of calibration (max RSS of a fresh process; growth = RSS added by the calibration",
-        "pass itself after a warm-up batch), with the calibration data once and ten times:",
+        "Peak memory of calibration (peak RSS, VmHWM, of a fresh process; growth = peak added by the",
+        "calibration pass itself after a warm-up calibration on one batch), with the calibration data once",
+        "and ten times. The accumulators (2 halves x 2^17 bins x count and sum, float64: 4 MiB a point) are",
+        "allocated per calibration, so the warm-up's peak already holds one set of them:",
         "",
         "| fixture | samples 1x / 10x | peak RSS 1x | peak RSS 10x | growth 1x | growth 10x |",
         "|---|---|---|---|---|---|",
