@@ -121,7 +121,7 @@ class Distribution:
         Returns arrays shaped like ``x``: (n, s1, s1^2/n, width of non-empty bins). All four
         are linear in the covered fraction of a cut bin, which keeps cell sums consistent.
         """
-        n_c, s_c, q_c, w_c = self._prefix()
+        (n_c, s_c, q_c, w_c), (n_b, s_b, q_b, w_b) = self._prefix()
         x = np.asarray(x, dtype=np.float64)
         k = np.searchsorted(self.lo, x, side="left")  # bins with lo < x
         last = np.maximum(k - 1, 0)
@@ -137,21 +137,16 @@ class Distribution:
                 return np.zeros_like(x)
             return np.where(k > 0, prefix[base] + frac * per_bin[last], 0.0)
 
-        n_b = self.n
-        s_b = self.s1
-        q_b = self.s1 * self.s1 / np.maximum(self.n, 1e-300)
-        w_b = self.hi - self.lo
         return at(n_c, n_b), at(s_c, s_b), at(q_c, q_b), at(w_c, w_b)
 
-    def _prefix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _prefix(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Prefix sums and the per-bin values they sum (count, sum, squared-mean sum, width),
+        computed once: every candidate of every method reads them."""
         cached = self.__dict__.get("_prefix_cache")
         if cached is None:
-            q = self.s1 * self.s1 / np.maximum(self.n, 1e-300)
-
-            def excl(a: np.ndarray) -> np.ndarray:
-                return np.concatenate(([0.0], np.cumsum(a)))
-
-            cached = (excl(self.n), excl(self.s1), excl(q), excl(self.hi - self.lo))
+            per_bin = (self.n, self.s1, self.s1 * self.s1 / np.maximum(self.n, 1e-300), self.hi - self.lo)
+            prefix = tuple(np.concatenate(([0.0], np.cumsum(a))) for a in per_bin)
+            cached = (prefix, per_bin)
             object.__setattr__(self, "_prefix_cache", cached)
         return cached
 
