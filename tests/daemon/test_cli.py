@@ -184,3 +184,65 @@ def test_an_override_that_matches_nothing_is_reported_at_its_line(tmp_path: Path
     code, _, err = _run(["check", str(project), "--no-progress"], capsys)
     assert code == EXIT_OK  # the analysis itself is valid
     assert "quantlens.toml:6:" in err and "'stemm' matches no quantization point" in err
+
+
+LAYERS = '''import torch
+from torch import nn
+
+
+def conv_gelu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GELU())  # @helper
+'''
+
+NET = '''import torch
+from torch import nn
+
+from layers import conv_gelu
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[conv_gelu(3 if i == 0 else 8, 8) for i in range(3)])  # @loop
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean(dim=(2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    net = Net()
+    for block in net.blocks:
+        nn.init.normal_(block[0].weight, std=0.25)  # keep every block's range wide
+    return net.eval()
+
+
+def batches():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)]
+'''
+
+
+def test_layers_made_by_a_helper_in_another_file_land_on_its_line(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "layers.py").write_text(LAYERS)
+    (tmp_path / "net.py").write_text(NET)
+    out = tmp_path / "result.json"
+    code, _, _ = _run(["check", str(tmp_path), "--model", f"{tmp_path / 'net.py'}:build",
+                       "--data", f"{tmp_path / 'net.py'}:batches", "--json", str(out), "--no-progress"], capsys)
+    assert code == EXIT_OK
+    payload = json.loads(out.read_text())
+    helper = (str(tmp_path / "layers.py"), _line_of(tmp_path / "layers.py", "@helper"))
+    loop = (str(tmp_path / "net.py"), _line_of(tmp_path / "net.py", "@loop"))
+    blocks = [p for p in payload["points"] if p["name"].startswith("blocks.")]
+    assert [p["name"] for p in blocks] == ["blocks.0.0", "blocks.1.0", "blocks.2.0"]
+    for p in blocks:
+        assert p["op"] == "Conv2d+GELU"
+        assert (p["source"]["file"], p["source"]["line"]) == helper
+        assert loop in [(s["file"], s["line"]) for s in p["source_stack"]]
+    shift = [f for f in payload["findings"] if f["rule"] == "shift-negative"]
+    assert len(shift) == 1, "one finding per creating line"
+    assert set(shift[0]["points"]) == {"blocks.0.0", "blocks.1.0", "blocks.2.0"}
+    assert shift[0]["message"].endswith("(3 of 3 points created at this line)")
+    assert (shift[0]["locations"][0]["file"], shift[0]["locations"][0]["line"]) == helper
