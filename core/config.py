@@ -8,6 +8,7 @@ reported against the command line.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import sys
@@ -38,6 +39,19 @@ class FuncRef:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.function}"
+
+    def definition(self) -> Location | None:
+        """The line of ``def function`` at the top level of the file, read without running it
+        (findings about the data are shown there); None when the file cannot be parsed or the
+        function is not defined by a plain ``def``."""
+        try:
+            tree = ast.parse(self.path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            return None
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == self.function:
+                return Location(str(self.path), node.lineno, node.col_offset + 1)
+        return None
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,10 @@ class WeightReport:
     worst_channel_sqnr_db: float | None = None
     """The lowest SQNR of one output channel: the tensor's SQNR is dominated by its largest
     channels, so it hides the small channels a per-tensor grid flattens."""
-    other_granularity_worst_channel_sqnr_db: float | None = None
-    """The same with the other granularity (per-tensor when per-channel is configured, and vice
-    versa), so a finding can predict the switch without another pass."""
+    per_channel_worst_channel_sqnr_db: float | None = None
+    """With per-tensor thresholds configured: the worst channel's SQNR per-channel thresholds
+    would give, so a finding can predict the switch without another pass (None when
+    per-channel is configured already)."""
 
     def to_json(self) -> dict:
         return {
@@ -67,7 +68,7 @@ class WeightReport:
             "bias_shift": None if self.bias_shift is None else [float(v) for v in self.bias_shift],
             "bias_corrected": self.bias_corrected,
             "worst_channel_sqnr_db": self.worst_channel_sqnr_db,
-            "other_granularity_worst_channel_sqnr_db": self.other_granularity_worst_channel_sqnr_db,
+            "per_channel_worst_channel_sqnr_db": self.per_channel_worst_channel_sqnr_db,
         }
 
 
@@ -86,7 +87,10 @@ def quantize_weights(
     """Quantized weights and the report; ``weight`` is already BN-folded where deployed so."""
     w = np.asarray(weight, dtype=np.float64)
     wq, thresholds = _quantize(w, channel_axis, per_channel, n_bits, method, l_p_value, power_of_two)
-    other, _ = _quantize(w, channel_axis, not per_channel, n_bits, method, l_p_value, power_of_two)
+    alternative = None
+    if not per_channel:
+        per_channel_wq, _ = _quantize(w, channel_axis, True, n_bits, method, l_p_value, power_of_two)
+        alternative = _worst_channel_sqnr_db(w, per_channel_wq, channel_axis)
     mean, std = float(w.mean()), float(w.std())
     change = abs(float(wq.mean()) - mean) / max(abs(mean), 1e-12) + abs(float(wq.std()) - std) / max(std, 1e-12)
     report = WeightReport(
@@ -106,7 +110,7 @@ def quantize_weights(
         change_score=change,
         folded_bn=folded_bn,
         worst_channel_sqnr_db=_worst_channel_sqnr_db(w, wq, channel_axis),
-        other_granularity_worst_channel_sqnr_db=_worst_channel_sqnr_db(w, other, channel_axis),
+        per_channel_worst_channel_sqnr_db=alternative,
     )
     return wq, report
 
@@ -115,9 +119,13 @@ DEAD_CHANNEL_RMS = 1e-4
 """Channels whose RMS is below this share of the largest channel's carry no signal to lose."""
 
 
+def _channel_rows(w: np.ndarray, channel_axis: int) -> np.ndarray:
+    """One row per output channel."""
+    return np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
+
+
 def _worst_channel_sqnr_db(w: np.ndarray, wq: np.ndarray, channel_axis: int) -> float:
-    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
-    q_rows = np.moveaxis(wq, channel_axis, 0).reshape(rows.shape)
+    rows, q_rows = _channel_rows(w, channel_axis), _channel_rows(wq, channel_axis)
     signal = np.mean(rows**2, axis=1)
     noise = np.mean((q_rows - rows) ** 2, axis=1)
     live = signal > (DEAD_CHANNEL_RMS**2) * signal.max() if signal.max() > 0 else np.zeros(len(rows), bool)
@@ -131,7 +139,7 @@ def _worst_channel_sqnr_db(w: np.ndarray, wq: np.ndarray, channel_axis: int) -> 
 def _quantize(w: np.ndarray, channel_axis: int, per_channel: bool, n_bits: int, method: ErrorMethod,
               l_p_value: float, power_of_two: bool) -> tuple[np.ndarray, np.ndarray]:
     """Fake-quantized weights and their thresholds (one per output channel, or one)."""
-    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1) if per_channel else w.reshape(1, -1)
+    rows = _channel_rows(w, channel_axis) if per_channel else w.reshape(1, -1)
     if method is ErrorMethod.KL:
         thresholds = np.array([_row_threshold(r, n_bits, method, l_p_value, power_of_two) for r in rows])
     else:

@@ -26,8 +26,8 @@ def weight_precision(ctx: Context) -> list[Finding]:
         worst = w.worst_channel_sqnr_db if w.worst_channel_sqnr_db is not None else w.sqnr_db
         if worst >= floor:
             continue
-        other = w.other_granularity_worst_channel_sqnr_db
-        switch = not w.per_channel and other is not None and other - worst >= GRANULARITY_GAIN_DB
+        other = w.per_channel_worst_channel_sqnr_db
+        switch = other is not None and other - worst >= GRANULARITY_GAIN_DB
         spread = _channel_spread(w.thresholds) if w.per_channel else None
         cause = ("one threshold for all output channels, whose ranges differ" if not w.per_channel else
                  f"per-channel thresholds spread {spread:.0f}x" if spread and spread > 16 else "a heavy-tailed weight "
@@ -57,8 +57,8 @@ def weight_precision(ctx: Context) -> list[Finding]:
             points=(p.name,),
             locations=ctx.locations(p),
             evidence={"worst_channel_sqnr_db": worst, "weights_sqnr_db": w.sqnr_db, "floor_db": floor,
-                      "per_channel": w.per_channel, "other_granularity_worst_channel_sqnr_db": other, "min": w.min, "max": w.max, "std": w.std,
-                      "folded_bn": w.folded_bn},
+                      "per_channel": w.per_channel, "per_channel_worst_channel_sqnr_db": other,
+                      "min": w.min, "max": w.max, "std": w.std, "folded_bn": w.folded_bn},
             recommendation=recommendation,
             predicted=predicted,
         ))

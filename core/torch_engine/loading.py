@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,12 +79,6 @@ def load_function(ref: FuncRef, roots: list[Path]) -> Callable[..., Any]:
         hint = f"functions in {ref.path.name}: {', '.join(names)}" if names else ""
         raise QuantlensError([Problem(f"{ref.path.name} has no function {ref.function!r}", ref.location, code="load", hint=hint)])
     return fn
-
-
-def definition_site(fn: Callable[..., Any]) -> Location | None:
-    """The ``def`` line of a user function (decorators unwrapped), for findings about it."""
-    code = getattr(inspect.unwrap(fn), "__code__", None)
-    return Location(code.co_filename, code.co_firstlineno) if code is not None else None
 
 
 def build_model(ref: FuncRef, roots: list[Path], weights: Path | None = None,

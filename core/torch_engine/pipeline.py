@@ -19,13 +19,7 @@ from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.stats import CalibrationResult
 from quantlens.core.torch_engine.calibrate import Progress, calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
-from quantlens.core.torch_engine.loading import (
-    Batch,
-    build_model,
-    definition_site,
-    iterate_batches,
-    load_function,
-)
+from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
 from quantlens.core.torch_engine.simulate import Metric, simulate
 from quantlens.core.torch_engine.sources import ConstructionSites
 
@@ -162,7 +156,7 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
     )
     result.timings["load"] = load_time
     result.problems.extend(_unmatched_overrides(config, result))
-    result.data_source = definition_site(load_function(config.data, roots))
+    result.data_source = config.data.definition()
     if config.data.location is not None and Path(config.data.location.file).is_file():  # not "<command line>"
         result.data_config = config.data.location
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantlens.core.config import COMMAND_LINE, load_config, parse_set_argument
-from quantlens.core.errors import QuantlensError
+from quantlens.core.errors import Location, QuantlensError
 from quantlens.core.thresholds import ErrorMethod
 
 
@@ -140,3 +140,14 @@ def test_override_lookup_prefers_the_most_specific_name() -> None:
     assert settings.override_key(["head"], ["Linear"]) == "Linear"
     assert settings.override_key(["head"], ["Conv2d"]) is None
     assert settings.for_point(["blocks.1.fc1"], ["Linear"]).activation_n_bits == 6
+
+
+def test_function_definition_is_found_without_running_the_file(tmp_path: Path) -> None:
+    from quantlens.core.config import FuncRef
+
+    source = tmp_path / "data.py"
+    source.write_text("raise RuntimeError('never run')\n\n\n@staticmethod\ndef batches():\n    return []\n")
+    assert FuncRef(source, "batches").definition() == Location(str(source), 5, 1)
+    assert FuncRef(source, "missing").definition() is None
+    source.write_text("def broken(:\n")
+    assert FuncRef(source, "broken").definition() is None
