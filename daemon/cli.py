@@ -176,9 +176,9 @@ def _apply_baseline(args: argparse.Namespace, result: Any) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise QuantlensError([Problem(f"cannot read baseline {args.baseline}: {exc}", Location(str(args.baseline)),
                                       code="usage")]) from None
-    report = compare_to_baseline(result.to_json(with_curves=False), baseline,
-                                 tolerance_db=args.baseline_tolerance_db, origin=str(args.baseline))
-    result.findings = [*regressions_to_findings(report, result.to_json(with_curves=False)), *result.findings]
+    current = result.to_json(with_curves=False)
+    report = compare_to_baseline(current, baseline, tolerance_db=args.baseline_tolerance_db, origin=str(args.baseline))
+    result.findings = [*regressions_to_findings(report, current), *result.findings]
     return {"file": str(args.baseline), "ok": report.ok, "tolerance_db": report.tolerance_db,
             "missing": report.missing, "new": report.new, "settings_changed": report.settings_changed}
 

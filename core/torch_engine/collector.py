@@ -1,8 +1,8 @@
 """Streaming statistics on the model's device, a fixed amount of memory per point.
 
 Per batch and point the work is: one integer shift for the float-bits bin of every value,
-a scatter of counts and sums into the bins, one sum of squares, and per-channel min/max. Accumulators stay on the device; nothing is copied to the host until
-:meth:`Collector.finish`. Even batches go to half 0 and odd batches to half 1.
+a scatter of counts and sums into the bins, one sum of squares, and per-channel min/max.
+Accumulators stay on the device; nothing is copied to the host until :meth:`Collector.finish`. Even batches go to half 0 and odd batches to half 1.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ def _add_to_bins(counts: torch.Tensor, sums: torch.Tensor, idx: torch.Tensor, wi
     """Add every value's count and value (``wide``: the values in float64) to its bin.
 
     ``index_add_`` costs per value only; ``bincount`` also pays for all 2^17 bins but
-    runs faster per value, so it wins once a tensor has more values than bins. Per-call
-    overhead, not arithmetic, dominates small layers, which is what keeps calibration near
-    the cost of the plain forward pass.
+    runs faster per value, so it wins once a tensor has more values than bins. On small
+    layers a full-size ``bincount`` per call cost more than the layer itself (BENCHMARKS.md).
     """
     if idx.numel() > histogram.NUM_BINS:
         counts += torch.bincount(idx, minlength=histogram.NUM_BINS)
