@@ -210,7 +210,7 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
         "",
         "Peak memory of calibration (peak RSS, VmHWM, of a fresh process; growth = peak added by the",
         "calibration pass itself after a warm-up calibration on one batch), with the calibration data once",
-        "and ten times. The accumulators (2 halves x 2^17 bins x count and sum, float64: 4 MiB a point) are",
+        "and ten times. The accumulators (2 halves x 2^17 packed int64 cells: 2 MiB a point) are",
         "allocated per calibration, so the warm-up's peak already holds one set of them:",
         "",
         "| fixture | samples 1x / 10x | peak RSS 1x | peak RSS 10x | growth 1x | growth 10x |",

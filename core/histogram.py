@@ -7,7 +7,7 @@ and ``MANTISSA_BITS`` mantissa bits. Every octave [2^e, 2^(e+1)) therefore holds
 Why this binning and not a linear 2048-bin histogram re-binned as the range grows:
 
 * It never needs re-binning: the range of the data is not needed up front, so one pass of
-  the data with a single ``bincount`` per point is enough.
+  the data with a single scatter per point is enough.
 * Bins are aligned to powers of two. For a power-of-two threshold t = 2^k and an n-bit
   quantizer (step Delta = 2^(k-n+1) signed, 2^(k-n) unsigned), every rounding boundary
   (j + 1/2) * Delta and every level j * Delta falls on a bin edge as long as
@@ -16,8 +16,9 @@ Why this binning and not a linear 2048-bin histogram re-binned as the range grow
 * Relative resolution is constant (2^-8), so outliers a thousand times larger than the
   bulk do not wash the bulk into a handful of bins, which is where linear histograms fail.
 
-The torch side computes bin indices as ``(x.view(int32) >> SHIFT) + OFFSET``; this module is
-the numpy definition of the same bins (what an index means) and a reference builder.
+The torch side computes ``x.view(uint32) >> SHIFT`` (this index XOR ``OFFSET``: positives
+first) and packs counts with exact sums (:data:`PACK_SHIFT`); this module is the numpy
+definition of the bins (what an index means), of the packing, and a reference builder.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ OFFSET = NUM_MAGNITUDES
 """Index = OFFSET + magnitude code for x >= +0.0; index = magnitude code for x <= -0.0."""
 NONFINITE_CODE = 255 << MANTISSA_BITS
 """First magnitude code whose exponent is all ones (inf and NaN)."""
+LOW_BITS_MASK = (1 << SHIFT) - 1
+"""The mantissa bits a bin drops; within a bin a value is linear in them."""
+PACK_SHIFT = 38
+"""Packed accumulation: every value adds ``2^PACK_SHIFT + (its dropped bits)`` to its bin's
+int64 cell, so one integer scatter both counts the values (high part) and sums them exactly
+(low part: the value is the bin's base plus dropped bits times the bin's ulp)."""
+MAX_PACKED_VALUES = 1 << 23
+"""Values a packed cell may absorb before it is unpacked: their dropped bits sum below
+2^(SHIFT + 23) = 2^PACK_SHIFT, and 2^23 counts of 2^PACK_SHIFT stay below 2^63."""
 
 _MAG_EDGES = np.empty(NUM_MAGNITUDES + 1, dtype=np.float64)
 with np.errstate(invalid="ignore"):  # the top codes are inf/NaN bit patterns
@@ -69,6 +79,28 @@ def bin_bounds(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo = np.where(negative, -hi_mag, lo_mag)
     hi = np.where(negative, -lo_mag, hi_mag)
     return lo, hi
+
+
+def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and sums of dropped mantissa bits from packed int64 cells."""
+    packed = np.asarray(packed, dtype=np.int64)
+    return packed >> PACK_SHIFT, packed & ((1 << PACK_SHIFT) - 1)
+
+
+def bin_sums(indices: np.ndarray, counts: np.ndarray, low_bit_sums: np.ndarray) -> np.ndarray:
+    """Sum of the values in each (finite) bin, exactly up to one float64 rounding.
+
+    A value in the bin of magnitude code m with dropped bits L is ``base(m) + L * ulp(m)``
+    (the bits below the kept mantissa are the low bits of one binade), so a bin's sum is
+    ``count * base + (sum of L) * ulp``, negated for the negative half.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    negative = idx < OFFSET
+    mag = np.where(negative, idx, idx - OFFSET)
+    exponent = mag >> MANTISSA_BITS
+    ulp = np.ldexp(1.0, np.maximum(exponent, 1) - 150)  # 2^(e - 127 - 23); subnormals share e = 1's ulp
+    total = np.asarray(counts, dtype=np.float64) * _MAG_EDGES[mag] + np.asarray(low_bit_sums, dtype=np.float64) * ulp
+    return np.where(negative, -total, total)
 
 
 def is_nonfinite(indices: np.ndarray) -> np.ndarray:

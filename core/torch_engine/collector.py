@@ -1,8 +1,12 @@
 """Streaming statistics on the model's device, a fixed amount of memory per point.
 
-Per batch and point the work is: one integer shift for the float-bits bin of every value,
-a scatter of counts and sums into the bins, one sum of squares, and per-channel min/max.
-Accumulators stay on the device; nothing is copied to the host until :meth:`Collector.finish`. Even batches go to half 0 and odd batches to half 1.
+Per batch and point the work is: two integer ops for every value's float-bits bin and its
+packed contribution (see :data:`histogram.PACK_SHIFT`), one int64 scatter that counts and
+exactly sums all values at once, one sum of squares, and per-channel min/max. A packed
+scatter replaced a ``bincount`` of counts plus a float64 ``bincount`` of sums: half the
+scatters, no float64 copy of the activations and no per-call pass over all 2^17 bins, so
+small tensors cost per value only (BENCHMARKS.md). Accumulators stay on the device; nothing
+is copied to the host until :meth:`Collector.finish`. Even batches go to half 0, odd to half 1.
 """
 
 from __future__ import annotations
@@ -16,33 +20,44 @@ from torch import nn
 
 from quantlens.core import histogram
 from quantlens.core.stats import PointInfo, PointStats
+from quantlens.core.torch_engine import ops
 from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
 
+CHUNK = 1 << 20
+"""Values scattered per call: bounds the scratch buffers (16 MiB) whatever the tensor size."""
+_UNIT = 1 << histogram.PACK_SHIFT
 
-_ONE = torch.ones((), dtype=torch.float64)
 
+class _Scratch:
+    """Buffers for bit patterns, bin indices and squares, reused across calls and points.
 
-def _add_to_bins(counts: torch.Tensor, sums: torch.Tensor, idx: torch.Tensor, wide: torch.Tensor) -> None:
-    """Add every value's count and value (``wide``: the values in float64) to its bin.
-
-    ``index_add_`` costs per value only; ``bincount`` also pays for all 2^17 bins but
-    runs faster per value, so it wins once a tensor has more values than bins. On small
-    layers a full-size ``bincount`` per call cost more than the layer itself (BENCHMARKS.md).
+    Fresh buffers per call cost more than the ops that fill them on large tensors (the
+    allocator hands back new pages every time).
     """
-    if idx.numel() > histogram.NUM_BINS:
-        counts += torch.bincount(idx, minlength=histogram.NUM_BINS)
-        sums += torch.bincount(idx, weights=wide, minlength=histogram.NUM_BINS)
-    else:
-        counts.index_add_(0, idx, _ONE.to(counts.device).expand(idx.shape))
-        sums.index_add_(0, idx, wide)
+
+    def __init__(self, device: torch.device):
+        self.words = torch.empty(0, dtype=torch.int64, device=device)
+        self.index = torch.empty(0, dtype=torch.int64, device=device)
+        self.squares = torch.empty(0, dtype=torch.float32, device=device)
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.words.numel() < n:
+            device = self.words.device
+            self.words = torch.empty(n, dtype=torch.int64, device=device)
+            self.index = torch.empty(n, dtype=torch.int64, device=device)
+            self.squares = torch.empty(n, dtype=torch.float32, device=device)
+        return self.words[:n], self.index[:n], self.squares[:n]
 
 
 class _Accumulator:
-    def __init__(self, point: PointInfo, device: torch.device):
+    def __init__(self, point: PointInfo, device: torch.device, scratch: _Scratch):
         self.point = point
-        self.counts = torch.zeros(2, histogram.NUM_BINS, dtype=torch.float64, device=device)
-        self.sums = torch.zeros(2, histogram.NUM_BINS, dtype=torch.float64, device=device)
-        self.sumsq = torch.zeros(2, dtype=torch.float64, device=device)
+        self.scratch = scratch
+        self.packed = torch.zeros(2, histogram.NUM_BINS, dtype=torch.int64, device=device)
+        """Per half, bins in unsigned bit order: positive values first, then negative (index ^ OFFSET)."""
+        self.unpacked: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.since_unpack = 0
+        self.sumsq = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(2)]
         self.channel_min: torch.Tensor | None = None
         self.channel_max: torch.Tensor | None = None
         self.input_min: list[torch.Tensor] = []
@@ -57,25 +72,48 @@ class _Accumulator:
         if y.dtype != torch.float32:
             y = y.float()
         y = y.contiguous()
+        self.batches += 1
+        if y.numel() == 0:
+            return
         flat = y.view(-1)
-        idx = flat.view(torch.int32) >> histogram.SHIFT
-        idx += histogram.OFFSET
-        wide = flat.double()
-        _add_to_bins(self.counts[half], self.sums[half], idx, wide)
-        self.sumsq[half] += torch.dot(wide, wide)
-        axis = self.point.channel_axis if y.ndim > 1 else 0
-        if y.ndim == 0:
-            cmin, cmax = y.reshape(1), y.reshape(1)
+        bits = flat.view(torch.uint32)
+        cells, sumsq = self.packed[half], self.sumsq[half]
+        for start in range(0, flat.numel(), CHUNK):
+            part = bits[start:start + CHUNK]
+            if self.since_unpack + part.numel() > histogram.MAX_PACKED_VALUES:
+                self._unpack()
+            self.since_unpack += part.numel()
+            words, index, squares = self.scratch.take(part.numel())
+            words.copy_(part)  # the bit pattern as a non-negative integer
+            torch.bitwise_right_shift(words, histogram.SHIFT, out=index)
+            words.bitwise_and_(histogram.LOW_BITS_MASK).add_(_UNIT)
+            cells.scatter_add_(0, index, words)
+            values = flat[start:start + CHUNK]
+            # float32 sums of one chunk (pairwise, ~1e-8 relative), float64 across chunks
+            sumsq += torch.mul(values, values, out=squares).sum()
+        axis = self.point.channel_axis % y.ndim if y.ndim > 1 else 0
+        if y.ndim <= 1:
+            cmin, cmax = y.reshape(-1), y.reshape(-1)
+        elif axis == y.ndim - 1:  # channels last (linear, norms): one fused reduction
+            cmin, cmax = torch.aminmax(y.view(-1, y.shape[-1]), dim=0)
         else:
-            other = tuple(d for d in range(y.ndim) if d != axis % y.ndim)
-            cmin, cmax = (y.amin(dim=other), y.amax(dim=other)) if other else (y, y)
+            other = tuple(d for d in range(y.ndim) if d != axis)
+            cmin, cmax = y.amin(dim=other), y.amax(dim=other)
         if self.channel_min is None or self.channel_min.shape != cmin.shape:
             self.channel_min, self.channel_max = cmin.clone(), cmax.clone()
         else:
             torch.minimum(self.channel_min, cmin, out=self.channel_min)
             torch.maximum(self.channel_max, cmax, out=self.channel_max)
         self.count += flat.numel()
-        self.batches += 1
+
+    def _unpack(self) -> None:
+        """Move the packed cells into int64 counts and bit sums (rare: every 2^23 values)."""
+        if self.unpacked is None:
+            self.unpacked = (torch.zeros_like(self.packed), torch.zeros_like(self.packed))
+        self.unpacked[0].add_(self.packed >> histogram.PACK_SHIFT)
+        self.unpacked[1].add_(self.packed & (_UNIT - 1))
+        self.packed.zero_()
+        self.since_unpack = 0
 
     def observe_inputs(self, inputs: list[torch.Tensor]) -> None:
         for i, t in enumerate(inputs):
@@ -103,35 +141,43 @@ class _Accumulator:
             self.input_channel_count += x.numel() // max(total.numel(), 1)
 
     def finish(self) -> PointStats:
-        counts = self.counts.cpu().numpy()
-        sums = self.sums.cpu().numpy()
-        used = np.flatnonzero(counts.sum(axis=0) > 0)
-        bins = used.astype(np.int32)
-        nonfinite_mask = histogram.is_nonfinite(bins)
-        nonfinite = int(counts[:, used][:, nonfinite_mask].sum())
+        packed = self.packed.cpu().numpy()
+        occupied = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
+        if self.unpacked is not None:
+            earlier = [t.cpu().numpy() for t in self.unpacked]
+            occupied = np.union1d(occupied, np.flatnonzero(earlier[0][0] + earlier[0][1]))
+        counts_int, low = histogram.unpack(packed[:, occupied])
+        if self.unpacked is not None:
+            counts_int, low = counts_int + earlier[0][:, occupied], low + earlier[1][:, occupied]
+        used = occupied ^ histogram.OFFSET  # unsigned bit order -> histogram index
+        order = np.argsort(used)
+        used, counts_int, low = used[order], counts_int[:, order], low[:, order]
+        nonfinite_mask = histogram.is_nonfinite(used)
+        nonfinite = int(counts_int[:, nonfinite_mask].sum())
         keep = used[~nonfinite_mask]
-        sumsq = self.sumsq.cpu().numpy()
+        counts = counts_int[:, ~nonfinite_mask].astype(np.float64)
+        sums = histogram.bin_sums(keep, counts_int[:, ~nonfinite_mask], low[:, ~nonfinite_mask])
+        sumsq = np.array([float(t) for t in self.sumsq])
         cmin = self.channel_min.cpu().numpy().astype(np.float64) if self.channel_min is not None else np.zeros(0)
         cmax = self.channel_max.cpu().numpy().astype(np.float64) if self.channel_max is not None else np.zeros(0)
         lo, _ = histogram.bin_bounds(keep)
         if nonfinite:
             # NaN/Inf poison sums and min/max; fall back to the finite bins' extent.
-            sumsq = np.array([float(np.sum((sums[h, keep] ** 2) / np.maximum(counts[h, keep], 1))) for h in (0, 1)])
-            means = sums[:, keep].sum(0) / np.maximum(counts[:, keep].sum(0), 1)
+            sumsq = np.array([float(np.sum(sums[h] ** 2 / np.maximum(counts[h], 1))) for h in (0, 1)])
+            means = sums.sum(0) / np.maximum(counts.sum(0), 1)
             order = np.argsort(lo)
             bottom = float(means[order[0]]) if len(lo) else 0.0  # mean of the lowest finite bin
             top = float(means[order[-1]]) if len(lo) else 0.0
             cmin = np.where(np.isfinite(cmin), cmin, bottom)
             cmax = np.where(np.isfinite(cmax), cmax, top)
-        finite_count = counts[:, keep].sum()
         return PointStats(
-            count=int(finite_count),
+            count=int(counts.sum()),
             sumsq=float(sumsq.sum()),
             min=float(cmin.min()) if len(cmin) else 0.0,
             max=float(cmax.max()) if len(cmax) else 0.0,
             bins=keep.astype(np.int32),
-            counts=counts[:, keep],
-            sums=sums[:, keep],
+            counts=counts,
+            sums=sums,
             sumsq_halves=sumsq.astype(np.float64),
             channel_min=cmin,
             channel_max=cmax,
@@ -148,7 +194,8 @@ class Collector:
     """Instrumentation handler that feeds every point's accumulator."""
 
     def __init__(self, points: list[PointInfo], model: nn.Module, device: torch.device):
-        self.acc = {p.name: _Accumulator(p, device) for p in points}
+        scratch = _Scratch(device)
+        self.acc = {p.name: _Accumulator(p, device, scratch) for p in points}
         self.output_module = {p.modules[-1]: p.name for p in points if p.modules and not p.output_function}
         self.output_function = {p.output_function: p.name for p in points if p.output_function}
         self.input_module = {p.modules[0]: p.name for p in points if p.modules}
@@ -164,7 +211,8 @@ class Collector:
         if point is None or not args or not isinstance(args[0], torch.Tensor):
             return
         acc = self.acc[point]
-        acc.observe_inputs([args[0]])
+        if isinstance(module, ops.INPUT_RANGE_MODULES):
+            acc.observe_inputs([args[0]])
         if point in self.weighted:
             x = args[0]
             axis = 1 if (x.ndim >= 3 and not isinstance(module, nn.Linear)) else x.ndim - 1

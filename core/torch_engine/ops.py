@@ -36,6 +36,10 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad2d,
 )
+INPUT_RANGE_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
+"""Module points whose input range is recorded: the normalisation-input-range rule reads it.
+Other modules' inputs are the previous point's output, already measured there; functional
+points always record theirs (each tensor of a concatenation, both operands of a product)."""
 CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     *BATCHNORM, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,

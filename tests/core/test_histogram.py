@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -9,10 +11,14 @@ from quantlens.core.histogram import (
     MANTISSA_BITS,
     NUM_BINS,
     OFFSET,
+    LOW_BITS_MASK,
+    PACK_SHIFT,
     bin_bounds,
     bin_indices,
+    bin_sums,
     histogram_from_values,
     is_nonfinite,
+    unpack,
 )
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -175,3 +181,28 @@ def test_power_of_two_quantizer_boundaries_fall_on_bin_edges(n_bits, signed):
             # ... so no bin straddles it: the value just below/above is in another bin.
             below = np.nextafter(p, np.float32(0.0))
             assert np.all(bin_indices(below) != bin_indices(p))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bin_sums_from_dropped_bits_are_exactly_rounded(seed):
+    """count * base + (sum of dropped bits) * ulp is the exact bin sum, rounded once: what
+    math.fsum gives on the raw values, for normals, subnormals and both signs."""
+    x = _mixed_values(seed)
+    x = x[np.isfinite(x)]
+    idx = bin_indices(x)
+    codes, inverse = np.unique(idx, return_inverse=True)
+    low = x.view(np.int32).astype(np.int64) & LOW_BITS_MASK
+    counts = np.bincount(inverse, minlength=len(codes))
+    low_sums = np.bincount(inverse, weights=low, minlength=len(codes)).astype(np.int64)
+    got = bin_sums(codes, counts, low_sums)
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(x[order].astype(np.float64), np.cumsum(counts)[:-1])
+    want = np.array([math.fsum(g) for g in groups])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_packed_cells_unpack_to_counts_and_bit_sums():
+    low = np.array([0, LOW_BITS_MASK, 12345, 7], dtype=np.int64)
+    cell = np.sum(low + (1 << PACK_SHIFT))
+    counts, bits = unpack(np.array([cell, 0]))
+    assert counts.tolist() == [4, 0] and bits.tolist() == [int(low.sum()), 0]

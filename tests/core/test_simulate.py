@@ -42,8 +42,8 @@ def test_bn_folding_reproduces_conv_then_bn(built):
 def test_isolated_sqnr_of_a_point_without_weights_equals_the_histogram_prediction(analysis):
     """Two independent computations: torch fake-quant on the data vs prefix sums on the histogram.
 
-    Per-batch bin sums are float32 (bincount's dtype), so the two agree to ~1e-5 of the noise
-    power, i.e. 1e-4 dB."""
+    The histogram side is exact; torch fake-quantizes and sums the error in float32, so the two
+    agree to ~2e-4 of the noise power (measured up to 9e-4 dB)."""
     for name in ("cat_0", "blocks.0.add_0", "encoder.add_1"):
         p = analysis.point(name)
         assert p.isolated.sqnr_db == pytest.approx(p.activation.predicted_sqnr_db, abs=1e-3)
