@@ -38,12 +38,15 @@ NONFINITE_CODE = 255 << MANTISSA_BITS
 LOW_BITS_MASK = (1 << SHIFT) - 1
 """The mantissa bits a bin drops; within a bin a value is linear in them."""
 PACK_SHIFT = 38
-"""Packed accumulation: every value adds ``2^PACK_SHIFT + (its dropped bits)`` to its bin's
-int64 cell, so one integer scatter both counts the values (high part) and sums them exactly
-(low part: the value is the bin's base plus dropped bits times the bin's ulp)."""
+"""Packed accumulation: every value adds ``2^PACK_SHIFT + (its 32-bit pattern)`` to the int64
+cell of its bin. A cell's patterns share their top bits (the bin code c), so the cell holds
+``n * unit(c) + (sum of dropped bits)`` with ``unit(c) = 2^PACK_SHIFT + c * 2^SHIFT``: one
+integer scatter both counts the values and sums them exactly (a value is its bin's base plus
+its dropped bits times the bin's ulp)."""
 MAX_PACKED_VALUES = 1 << 23
-"""Values a packed cell may absorb before it is unpacked: their dropped bits sum below
-2^(SHIFT + 23) = 2^PACK_SHIFT, and 2^23 counts of 2^PACK_SHIFT stay below 2^63."""
+"""Values a cell may absorb before it is unpacked: their dropped bits sum below
+2^(SHIFT + 23) = 2^PACK_SHIFT <= unit(c), so division separates the two parts, and the cell
+stays below 2^23 * (2^38 + 2^32) + 2^38 < 2^63."""
 
 _MAG_EDGES = np.empty(NUM_MAGNITUDES + 1, dtype=np.float64)
 with np.errstate(invalid="ignore"):  # the top codes are inf/NaN bit patterns
@@ -81,10 +84,18 @@ def bin_bounds(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts and sums of dropped mantissa bits from packed int64 cells."""
+def pack_unit(codes: np.ndarray) -> np.ndarray:
+    """What one value adds to the cell of bin code ``codes`` (= its bit pattern >> SHIFT),
+    dropped bits aside. Index and code differ in the sign bit: index = code ^ OFFSET."""
+    return (1 << PACK_SHIFT) + (np.asarray(codes, dtype=np.int64) << SHIFT)
+
+
+def unpack(packed: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and sums of dropped mantissa bits from the packed int64 cells of bin ``codes``."""
     packed = np.asarray(packed, dtype=np.int64)
-    return packed >> PACK_SHIFT, packed & ((1 << PACK_SHIFT) - 1)
+    unit = pack_unit(codes)
+    counts = packed // unit
+    return counts, packed - counts * unit
 
 
 def bin_sums(indices: np.ndarray, counts: np.ndarray, low_bit_sums: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Streaming statistics on the model's device, a fixed amount of memory per point.
 
-Per batch and point the work is: two integer ops for every value's float-bits bin and its
-packed contribution (see :data:`histogram.PACK_SHIFT`), one int64 scatter that counts and
-exactly sums all values at once, one sum of squares, and per-channel min/max. A packed
+Per batch and point the work is: the values' bit patterns as int64, their bin codes (one
+shift), one int64 scatter of pattern + 2^38 that counts and exactly sums every bin at once
+(:data:`histogram.PACK_SHIFT`), one sum of squares, and per-channel min/max. A packed
 scatter replaced a ``bincount`` of counts plus a float64 ``bincount`` of sums: half the
 scatters, no float64 copy of the activations and no per-call pass over all 2^17 bins, so
 small tensors cost per value only (BENCHMARKS.md). Accumulators stay on the device; nothing
@@ -25,7 +25,6 @@ from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
 
 CHUNK = 1 << 20
 """Values scattered per call: bounds the scratch buffers (16 MiB) whatever the tensor size."""
-_UNIT = 1 << histogram.PACK_SHIFT
 
 
 class _Scratch:
@@ -85,9 +84,8 @@ class _Accumulator:
             self.since_unpack += part.numel()
             words, index, squares = self.scratch.take(part.numel())
             words.copy_(part)  # the bit pattern as a non-negative integer
-            torch.bitwise_right_shift(words, histogram.SHIFT, out=index)
-            words.bitwise_and_(histogram.LOW_BITS_MASK).add_(_UNIT)
-            cells.scatter_add_(0, index, words)
+            torch.bitwise_right_shift(words, histogram.SHIFT, out=index)  # the bin code
+            cells.scatter_add_(0, index, words.add_(1 << histogram.PACK_SHIFT))
             values = flat[start:start + CHUNK]
             # float32 sums of one chunk (pairwise, ~1e-8 relative), float64 across chunks
             sumsq += torch.mul(values, values, out=squares).sum()
@@ -110,8 +108,11 @@ class _Accumulator:
         """Move the packed cells into int64 counts and bit sums (rare: every 2^23 values)."""
         if self.unpacked is None:
             self.unpacked = (torch.zeros_like(self.packed), torch.zeros_like(self.packed))
-        self.unpacked[0].add_(self.packed >> histogram.PACK_SHIFT)
-        self.unpacked[1].add_(self.packed & (_UNIT - 1))
+        unit = torch.arange(histogram.NUM_BINS, device=self.packed.device).bitwise_left_shift_(histogram.SHIFT)
+        unit += 1 << histogram.PACK_SHIFT
+        counts = torch.div(self.packed, unit, rounding_mode="floor")
+        self.unpacked[0].add_(counts)
+        self.unpacked[1].add_(self.packed - counts * unit)
         self.packed.zero_()
         self.since_unpack = 0
 
@@ -146,7 +147,7 @@ class _Accumulator:
         if self.unpacked is not None:
             earlier = [t.cpu().numpy() for t in self.unpacked]
             occupied = np.union1d(occupied, np.flatnonzero(earlier[0][0] + earlier[0][1]))
-        counts_int, low = histogram.unpack(packed[:, occupied])
+        counts_int, low = histogram.unpack(packed[:, occupied], occupied)
         if self.unpacked is not None:
             counts_int, low = counts_int + earlier[0][:, occupied], low + earlier[1][:, occupied]
         used = occupied ^ histogram.OFFSET  # unsigned bit order -> histogram index

@@ -12,12 +12,15 @@ from quantlens.core.histogram import (
     NUM_BINS,
     OFFSET,
     LOW_BITS_MASK,
+    MAX_PACKED_VALUES,
     PACK_SHIFT,
+    SHIFT,
     bin_bounds,
     bin_indices,
     bin_sums,
     histogram_from_values,
     is_nonfinite,
+    pack_unit,
     unpack,
 )
 
@@ -202,7 +205,15 @@ def test_bin_sums_from_dropped_bits_are_exactly_rounded(seed):
 
 
 def test_packed_cells_unpack_to_counts_and_bit_sums():
+    """A cell sums each value's bit pattern plus 2^PACK_SHIFT; division by the bin's unit
+    recovers count and dropped bits, even at the largest bin code and the unpack limit."""
     low = np.array([0, LOW_BITS_MASK, 12345, 7], dtype=np.int64)
-    cell = np.sum(low + (1 << PACK_SHIFT))
-    counts, bits = unpack(np.array([cell, 0]))
-    assert counts.tolist() == [4, 0] and bits.tolist() == [int(low.sum()), 0]
+    for code in (0, 1 << 16, NUM_BINS - 1):
+        patterns = (code << SHIFT) | low  # the values' 32-bit patterns in this bin
+        cell = int(np.sum(patterns + (1 << PACK_SHIFT)))
+        counts, bits = unpack(np.array([cell, 0]), np.array([code, code]))
+        assert counts.tolist() == [4, 0] and bits.tolist() == [int(low.sum()), 0]
+    worst = MAX_PACKED_VALUES * int(pack_unit(NUM_BINS - 1) + LOW_BITS_MASK)
+    assert worst < 2**63
+    counts, bits = unpack(np.array([worst]), np.array([NUM_BINS - 1]))
+    assert counts.tolist() == [MAX_PACKED_VALUES] and bits.tolist() == [MAX_PACKED_VALUES * LOW_BITS_MASK]
