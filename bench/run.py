@@ -111,6 +111,7 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
     t_minmax = _time(lambda: observed(MinMaxObserver), repeats)
     settings = QuantSettings()
     t_search = _time(lambda: quantize_activations(calibration, settings), repeats)
+    breakdown = op_breakdown(plain, lambda: calibrate_batches(model, batches, roots, sites))
     return {
         "fixture": folder.name,
         "points": len(points),
@@ -123,7 +124,25 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
         "histogram_observer_ratio": t_hist / t_plain,
         "minmax_observer_ratio": t_minmax / t_plain,
         "search_all_methods_ms": 1e3 * t_search,
+        "statistics_ops": breakdown,
     }
+
+
+def _self_times(fn: Callable[[], Any]) -> dict[str, float]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+
+
+def op_breakdown(plain: Callable[[], Any], calibrate: Callable[[], Any], top: int = 6) -> dict[str, float]:
+    """Where calibration's extra time goes: torch ops' self time beyond the plain forward's,
+    as a fraction of the plain forward's total op time (profiler, one run each)."""
+    base = _self_times(plain)
+    ours = _self_times(calibrate)
+    forward = sum(base.values())
+    extra = {op: t - base.get(op, 0.0) for op, t in ours.items()}
+    ranked = sorted(extra.items(), key=lambda kv: -kv[1])[:top]
+    return {op.removeprefix("aten::"): t / forward for op, t in ranked if t > 0}
 
 
 MEMORY_SCRIPT = """
@@ -150,9 +169,15 @@ print(after, after - before, result.num_samples)
 """
 
 
-def peak_memory(folder: Path, times: int) -> tuple[float, float, int]:
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+"""glibc raises its mmap threshold each time a large block is freed; later tensors then come
+from the heap, which fragments and keeps its pages (peak RSS creeps up to a plateau). A fixed
+threshold returns every large block, so the RSS shows what the tool itself holds."""
+
+
+def peak_memory(folder: Path, times: int, env: dict[str, str] | None = None) -> tuple[float, float, int]:
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder), str(times)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
     peak_kb, growth_kb, samples = out.stdout.split()
     return int(peak_kb) / 1024, int(growth_kb) / 1024, int(samples)
 
@@ -162,6 +187,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", type=Path, help="write the results table into this markdown file")
     parser.add_argument("--fixtures", nargs="*", default=MODEL_FIXTURES)
+    parser.add_argument("--memory-factors", type=int, nargs="+", default=[1, 10, 60],
+                        help="measure peak memory with the calibration data repeated this often (default 1 10 60)")
     parser.add_argument("--data-factor", type=int, default=10,
                         help="time calibration over the fixture's batches repeated this often (default 10)")
     args = parser.parse_args()
@@ -169,18 +196,21 @@ def main() -> int:
     rows = []
     for folder in folders:
         row = bench_fixture(folder, args.repeats, args.data_factor)
-        peak1, growth1, n1 = peak_memory(folder, 1)
-        peak10, growth10, n10 = peak_memory(folder, 10)
-        row.update({"peak_rss_1x_mb": peak1, "peak_rss_10x_mb": peak10, "samples_1x": n1, "samples_10x": n10,
-                    "rss_growth_1x_mb": growth1, "rss_growth_10x_mb": growth10})
+        memory = {}
+        for factor in args.memory_factors:
+            peak, growth, samples = peak_memory(folder, factor)
+            _, fixed_growth, _ = peak_memory(folder, factor, FIXED_MMAP_THRESHOLD)
+            memory[factor] = {"samples": samples, "peak_rss_mb": peak, "rss_growth_mb": growth,
+                              "rss_growth_fixed_mmap_threshold_mb": fixed_growth}
+        row["memory"] = memory
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.write:
-        args.write.write_text(render(rows, args.repeats, args.data_factor), encoding="utf-8")
+        args.write.write_text(render(rows, args.repeats, args.data_factor, args.memory_factors), encoding="utf-8")
     return 0
 
 
-def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
+def render(rows: list[dict[str, Any]], repeats: int, data_factor: int, memory_factors: list[int]) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
         "# Benchmarks",
@@ -209,16 +239,41 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int) -> str:
     lines += [
         "",
         "Peak memory of calibration (peak RSS, VmHWM, of a fresh process; growth = peak added by the",
-        "calibration pass itself after a warm-up calibration on one batch), with the calibration data once",
-        "and ten times. The accumulators (2 halves x 2^17 packed int64 cells: 2 MiB a point) are",
-        "allocated per calibration, so the warm-up's peak already holds one set of them:",
+        "calibration pass itself after a warm-up calibration on one batch), with the calibration data",
+        "repeated " + " and ".join(f"{f}x" for f in memory_factors) + ". The accumulators (2 halves x 2^17 packed int64 "
+        "cells: 2 MiB a point) and the shared scratch buffers are",
+        "allocated per calibration, so the warm-up's peak already holds one set of them. The last columns",
+        "run with glibc's mmap threshold fixed (" + ", ".join(f"`{k}={v}`" for k, v in FIXED_MMAP_THRESHOLD.items())
+        + "): by default glibc raises",
+        "the threshold whenever a large block is freed, later tensors come from a heap that fragments,",
+        "and peak RSS creeps up to a plateau that says more about the allocator than about the tool.",
         "",
-        "| fixture | samples 1x / 10x | peak RSS 1x | peak RSS 10x | growth 1x | growth 10x |",
-        "|---|---|---|---|---|---|",
+        "| fixture | samples | " + " | ".join(f"peak RSS {f}x" for f in memory_factors) + " | "
+        + " | ".join(f"growth {f}x" for f in memory_factors) + " | "
+        + " | ".join(f"growth {f}x, fixed threshold" for f in memory_factors) + " |",
+        "|---|---|" + "---|" * (3 * len(memory_factors)),
     ]
     for r in rows:
-        lines.append(f"| {r['fixture']} | {r['samples_1x']} / {r['samples_10x']} | {r['peak_rss_1x_mb']:.0f} MB | "
-                     f"{r['peak_rss_10x_mb']:.0f} MB | {r['rss_growth_1x_mb']:.0f} MB | {r['rss_growth_10x_mb']:.0f} MB |")
+        m = [r["memory"][f] for f in memory_factors]
+        lines.append(f"| {r['fixture']} | " + " / ".join(str(x["samples"]) for x in m) + " | "
+                     + " | ".join(f"{x['peak_rss_mb']:.0f} MB" for x in m) + " | "
+                     + " | ".join(f"{x['rss_growth_mb']:.0f} MB" for x in m) + " | "
+                     + " | ".join(f"{x['rss_growth_fixed_mmap_threshold_mb']:.0f} MB" for x in m) + " |")
+    lines += [
+        "",
+        "Where calibration's extra time goes (torch profiler, one run of each: every op's self time in",
+        "calibration minus its self time in the plain forward, as a multiple of the plain forward's total",
+        "op time; the six largest). Forward ops here (convolution, linear) are the discovery pass on the",
+        "first batch, and fill_ is mostly zeroing the accumulators. What is left of the quantlens ratio",
+        "above 1.0 plus these is Python: hooks, the function mode and the per-call dispatch of the",
+        "statistics ops, which is why the tiny fixtures (a few microseconds of work per layer) fare worst.",
+        "",
+        "| fixture | extra time by op (x plain forward) |",
+        "|---|---|",
+    ]
+    for r in rows:
+        ops = ", ".join(f"{op} {share:.2f}" for op, share in r["statistics_ops"].items())
+        lines.append(f"| {r['fixture']} | {ops} |")
     return "\n".join(lines) + "\n"
 
 

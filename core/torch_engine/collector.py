@@ -5,8 +5,9 @@ shift), one int64 scatter of pattern + 2^38 that counts and exactly sums every b
 (:data:`histogram.PACK_SHIFT`), one sum of squares, and per-channel min/max. A packed
 scatter replaced a ``bincount`` of counts plus a float64 ``bincount`` of sums: half the
 scatters, no float64 copy of the activations and no per-call pass over all 2^17 bins, so
-small tensors cost per value only (BENCHMARKS.md). Accumulators stay on the device; nothing
-is copied to the host until :meth:`Collector.finish`. Even batches go to half 0, odd to half 1.
+small tensors cost per value only (BENCHMARKS.md). Accumulators stay on the device; they go
+to the host at :meth:`Collector.finish` (and, unpacked, every 2^23 values of a point).
+Even batches go to half 0, odd batches to half 1.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class _Accumulator:
         self.scratch = scratch
         self.packed = torch.zeros(2, histogram.NUM_BINS, dtype=torch.int64, device=device)
         """Per half, bins in unsigned bit order: positive values first, then negative (index ^ OFFSET)."""
-        self.unpacked: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.unpacked: tuple[np.ndarray, np.ndarray] | None = None
         self.since_unpack = 0
         self.sumsq = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(2)]
         self.channel_min: torch.Tensor | None = None
@@ -105,14 +106,15 @@ class _Accumulator:
         self.count += flat.numel()
 
     def _unpack(self) -> None:
-        """Move the packed cells into int64 counts and bit sums (rare: every 2^23 values)."""
+        """Move the packed cells into host int64 counts and bit sums: at the end, and every
+        2^23 values before a cell could overflow (2 MiB to the host, rare)."""
+        packed = self.packed.cpu().numpy()
+        occupied = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
+        counts, low = histogram.unpack(packed[:, occupied], occupied)
         if self.unpacked is None:
-            self.unpacked = (torch.zeros_like(self.packed), torch.zeros_like(self.packed))
-        unit = torch.arange(histogram.NUM_BINS, device=self.packed.device).bitwise_left_shift_(histogram.SHIFT)
-        unit += 1 << histogram.PACK_SHIFT
-        counts = torch.div(self.packed, unit, rounding_mode="floor")
-        self.unpacked[0].add_(counts)
-        self.unpacked[1].add_(self.packed - counts * unit)
+            self.unpacked = (np.zeros(packed.shape, dtype=np.int64), np.zeros(packed.shape, dtype=np.int64))
+        self.unpacked[0][:, occupied] += counts
+        self.unpacked[1][:, occupied] += low
         self.packed.zero_()
         self.since_unpack = 0
 
@@ -142,17 +144,12 @@ class _Accumulator:
             self.input_channel_count += x.numel() // max(total.numel(), 1)
 
     def finish(self) -> PointStats:
-        packed = self.packed.cpu().numpy()
-        occupied = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
-        if self.unpacked is not None:
-            earlier = [t.cpu().numpy() for t in self.unpacked]
-            occupied = np.union1d(occupied, np.flatnonzero(earlier[0][0] + earlier[0][1]))
-        counts_int, low = histogram.unpack(packed[:, occupied], occupied)
-        if self.unpacked is not None:
-            counts_int, low = counts_int + earlier[0][:, occupied], low + earlier[1][:, occupied]
+        self._unpack()
+        counts_all, low_all = self.unpacked
+        occupied = np.flatnonzero(counts_all[0] + counts_all[1])
         used = occupied ^ histogram.OFFSET  # unsigned bit order -> histogram index
         order = np.argsort(used)
-        used, counts_int, low = used[order], counts_int[:, order], low[:, order]
+        used, counts_int, low = used[order], counts_all[:, occupied[order]], low_all[:, occupied[order]]
         nonfinite_mask = histogram.is_nonfinite(used)
         nonfinite = int(counts_int[:, nonfinite_mask].sum())
         keep = used[~nonfinite_mask]
