@@ -78,6 +78,26 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
+def _ratios(variants: dict[str, Callable[[], Any]], baseline: str, rounds: int) -> tuple[float, dict[str, float]]:
+    """Median over rounds of each variant's time / the baseline's time in the same round.
+
+    Every round runs every variant once, so a burst of load on a shared machine slows the
+    baseline and the variants alike instead of landing on whichever ran during it.
+    """
+    for fn in variants.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    base = times[baseline]
+    return statistics.median(base), {
+        name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items() if name != baseline
+    }
+
+
 def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any]:
     config = load_config(folder)
     roots = [config.root]
@@ -103,12 +123,15 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
             for b in batches:
                 model(*b.args, **b.kwargs)
 
-    t_plain = _time(plain, repeats)
-    t_ours = _time(lambda: calibrate_batches(model, batches, roots, sites), repeats)
-    t_ours_once = _time(lambda: calibrate_batches(model, once, roots, sites), repeats) / _time(plain_once, repeats)
-    t_hooks = _time(lambda: observed(None), repeats)
-    t_hist = _time(lambda: observed(HistogramObserver), repeats)
-    t_minmax = _time(lambda: observed(MinMaxObserver), repeats)
+    t_plain, ratios = _ratios({
+        "plain": plain,
+        "quantlens": lambda: calibrate_batches(model, batches, roots, sites),
+        "hooks": lambda: observed(None),
+        "histogram": lambda: observed(HistogramObserver),
+        "minmax": lambda: observed(MinMaxObserver),
+    }, "plain", repeats)
+    _, once_ratios = _ratios({"plain": plain_once, "quantlens": lambda: calibrate_batches(model, once, roots, sites)},
+                             "plain", repeats)
     settings = QuantSettings()
     t_search = _time(lambda: quantize_activations(calibration, settings), repeats)
     breakdown = op_breakdown(plain, lambda: calibrate_batches(model, batches, roots, sites))
@@ -118,11 +141,11 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
         "batches": len(batches),
         "samples": calibration.num_samples * data_factor,
         "plain_forward_s": t_plain,
-        "quantlens_ratio": t_ours / t_plain,
-        "quantlens_ratio_1x": t_ours_once,
-        "hooks_only_ratio": t_hooks / t_plain,
-        "histogram_observer_ratio": t_hist / t_plain,
-        "minmax_observer_ratio": t_minmax / t_plain,
+        "quantlens_ratio": ratios["quantlens"],
+        "quantlens_ratio_1x": once_ratios["quantlens"],
+        "hooks_only_ratio": ratios["hooks"],
+        "histogram_observer_ratio": ratios["histogram"],
+        "minmax_observer_ratio": ratios["minmax"],
         "search_all_methods_ms": 1e3 * t_search,
         "statistics_ops": breakdown,
     }
@@ -215,8 +238,10 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int, memory_fa
     lines = [
         "# Benchmarks",
         "",
-        "Produced by `make bench` (`.venv/bin/python bench/run.py --write BENCHMARKS.md`), median of "
-        f"{repeats} runs after a warm-up, all numbers of one fixture measured side by side in one process.",
+        "Produced by `make bench` (`.venv/bin/python bench/run.py --write BENCHMARKS.md`). All numbers of one "
+        "fixture are measured side by side in one process: after a warm-up, each of "
+        f"{repeats} rounds runs every variant once, and a ratio is the median over rounds of the variant's "
+        "time / the plain forward's time in the same round (load bursts on a shared machine hit both).",
         f"Machine: {platform.system()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}.",
         "",

@@ -79,8 +79,9 @@ class PointStats:
     channel_min: np.ndarray
     channel_max: np.ndarray
     input_min: np.ndarray
-    """Per input tensor of functional points (e.g. each tensor of a concatenation) and of
-    normalisation layers; empty for other modules, whose input is the previous point's output."""
+    """Per input tensor of the points whose rules read it: each tensor of a concatenation, both
+    operands of a product, the input of a normalisation layer; empty elsewhere (the inputs
+    there are earlier points' outputs)."""
     input_max: np.ndarray
     input_channel_mean: np.ndarray | None = None
     """Mean of the weight layer's input per input channel (for bias correction)."""

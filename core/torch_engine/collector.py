@@ -233,7 +233,7 @@ class Collector:
         y = first_tensor(output)
         if y is not None and y.is_floating_point():
             acc.observe(y, self.half)
-        if point == key:
+        if point == key and op in ops.INPUT_RANGE_OPS:
             acc.observe_inputs(tensor_inputs(op, args, kwargs))
         return None
 

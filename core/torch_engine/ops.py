@@ -38,8 +38,11 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 )
 INPUT_RANGE_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
 """Module points whose input range is recorded: the normalisation-input-range rule reads it.
-Other modules' inputs are the previous point's output, already measured there; functional
-points always record theirs (each tensor of a concatenation, both operands of a product)."""
+Other points' inputs are earlier points' outputs, already measured there."""
+INPUT_RANGE_OPS = {"cat", "mul", "matmul", "layer_norm"}
+"""Functional points whose input ranges are recorded: each tensor of a concatenation (the
+unbalanced-concat rule), both operands of a product (activation-product) and the input of a
+functional layer norm (normalisation-input-range)."""
 CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     *BATCHNORM, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
