@@ -39,14 +39,23 @@ class _Scratch:
         self.words = torch.empty(0, dtype=torch.int64, device=device)
         self.index = torch.empty(0, dtype=torch.int64, device=device)
         self.squares = torch.empty(0, dtype=torch.float32, device=device)
+        self.views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        """Slices by length: a point sees the same size every batch, and slicing costs more
+        than the ops on a small layer."""
 
     def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.words.numel() < n:
-            device = self.words.device
-            self.words = torch.empty(n, dtype=torch.int64, device=device)
-            self.index = torch.empty(n, dtype=torch.int64, device=device)
-            self.squares = torch.empty(n, dtype=torch.float32, device=device)
-        return self.words[:n], self.index[:n], self.squares[:n]
+        views = self.views.get(n)
+        if views is None:
+            if self.words.numel() < n:
+                device = self.words.device
+                self.words = torch.empty(n, dtype=torch.int64, device=device)
+                self.index = torch.empty(n, dtype=torch.int64, device=device)
+                self.squares = torch.empty(n, dtype=torch.float32, device=device)
+                self.views.clear()
+            if len(self.views) >= 256:  # shapes that vary without end
+                self.views.clear()
+            views = self.views[n] = (self.words[:n], self.index[:n], self.squares[:n])
+        return views
 
 
 class _Accumulator:
@@ -76,26 +85,21 @@ class _Accumulator:
         if y.numel() == 0:
             return
         flat = y.view(-1)
-        bits = flat.view(torch.uint32)
         cells, sumsq = self.packed[half], self.sumsq[half]
-        for start in range(0, flat.numel(), CHUNK):
-            part = bits[start:start + CHUNK]
-            if self.since_unpack + part.numel() > histogram.MAX_PACKED_VALUES:
+        for values in (flat,) if flat.numel() <= CHUNK else flat.split(CHUNK):
+            if self.since_unpack + values.numel() > histogram.MAX_PACKED_VALUES:
                 self._unpack()
-            self.since_unpack += part.numel()
-            words, index, squares = self.scratch.take(part.numel())
-            words.copy_(part)  # the bit pattern as a non-negative integer
+            self.since_unpack += values.numel()
+            words, index, squares = self.scratch.take(values.numel())
+            words.copy_(values.view(torch.uint32))  # the bit pattern as a non-negative integer
             torch.bitwise_right_shift(words, histogram.SHIFT, out=index)  # the bin code
             cells.scatter_add_(0, index, words.add_(1 << histogram.PACK_SHIFT))
-            values = flat[start:start + CHUNK]
             # float32 sums of one chunk (pairwise, ~1e-8 relative), float64 across chunks
             sumsq += torch.mul(values, values, out=squares).sum()
         axis = self.point.channel_axis % y.ndim if y.ndim > 1 else 0
         if y.ndim <= 1:
             cmin, cmax = y.reshape(-1), y.reshape(-1)
-        elif axis == y.ndim - 1:  # channels last (linear, norms): one fused reduction
-            cmin, cmax = torch.aminmax(y.view(-1, y.shape[-1]), dim=0)
-        else:
+        else:  # amin + amax: aminmax over a leading dim is ~7x slower on CPU (BENCHMARKS.md)
             other = tuple(d for d in range(y.ndim) if d != axis)
             cmin, cmax = y.amin(dim=other), y.amax(dim=other)
         if self.channel_min is None or self.channel_min.shape != cmin.shape:
