@@ -64,7 +64,8 @@ class _Accumulator:
         self.scratch = scratch
         self.packed = torch.zeros(2, histogram.NUM_BINS, dtype=torch.int64, device=device)
         """Per half, bins in unsigned bit order: positive values first, then negative (index ^ OFFSET)."""
-        self.unpacked: tuple[np.ndarray, np.ndarray] | None = None
+        self.unpacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        """Host-side (bin codes, counts, dropped-bit sums) of the occupied bins unpacked so far."""
         self.since_unpack = 0
         self.sumsq = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(2)]
         self.channel_min: torch.Tensor | None = None
@@ -110,15 +111,20 @@ class _Accumulator:
         self.count += flat.numel()
 
     def _unpack(self) -> None:
-        """Move the packed cells into host int64 counts and bit sums: at the end, and every
-        2^23 values before a cell could overflow (2 MiB to the host, rare)."""
+        """Move the packed cells into host int64 counts and bit sums of the occupied bins: at
+        the end, and every 2^23 values before a cell could overflow (rare)."""
         packed = self.packed.cpu().numpy()
-        occupied = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
-        counts, low = histogram.unpack(packed[:, occupied], occupied)
-        if self.unpacked is None:
-            self.unpacked = (np.zeros(packed.shape, dtype=np.int64), np.zeros(packed.shape, dtype=np.int64))
-        self.unpacked[0][:, occupied] += counts
-        self.unpacked[1][:, occupied] += low
+        codes = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
+        counts, low = histogram.unpack(packed[:, codes], codes)
+        if self.unpacked is not None:
+            parts = [self.unpacked, (codes, counts, low)]
+            codes = np.union1d(parts[0][0], codes)
+            counts, low = np.zeros((2, len(codes)), dtype=np.int64), np.zeros((2, len(codes)), dtype=np.int64)
+            for part_codes, part_counts, part_low in parts:
+                at = np.searchsorted(codes, part_codes)
+                counts[:, at] += part_counts
+                low[:, at] += part_low
+        self.unpacked = (codes, counts, low)
         self.packed.zero_()
         self.since_unpack = 0
 
@@ -149,11 +155,10 @@ class _Accumulator:
 
     def finish(self) -> PointStats:
         self._unpack()
-        counts_all, low_all = self.unpacked
-        occupied = np.flatnonzero(counts_all[0] + counts_all[1])
-        used = occupied ^ histogram.OFFSET  # unsigned bit order -> histogram index
+        codes, counts_int, low = self.unpacked
+        used = codes ^ histogram.OFFSET  # unsigned bit order -> histogram index
         order = np.argsort(used)
-        used, counts_int, low = used[order], counts_all[:, occupied[order]], low_all[:, occupied[order]]
+        used, counts_int, low = used[order], counts_int[:, order], low[:, order]
         nonfinite_mask = histogram.is_nonfinite(used)
         nonfinite = int(counts_int[:, nonfinite_mask].sum())
         keep = used[~nonfinite_mask]
