@@ -265,9 +265,9 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int, memory_fa
         "",
         "Peak memory of calibration (peak RSS, VmHWM, of a fresh process; growth = peak added by the",
         "calibration pass itself after a warm-up calibration on one batch), with the calibration data",
-        "repeated " + " and ".join(f"{f}x" for f in memory_factors) + ". The accumulators (2 halves x 2^17 packed int64 "
-        "cells: 2 MiB a point) and the shared scratch buffers are",
-        "allocated per calibration, so the warm-up's peak already holds one set of them. The last columns",
+        "repeated " + ", ".join(f"{f}x" for f in memory_factors) + ". The accumulators (2 halves x 2^17 packed",
+        "int64 cells: 2 MiB a point) and the shared scratch buffers are allocated per calibration, so",
+        "the warm-up's peak already holds one set of them. The last columns",
         "run with glibc's mmap threshold fixed (" + ", ".join(f"`{k}={v}`" for k, v in FIXED_MMAP_THRESHOLD.items())
         + "): by default glibc raises",
         "the threshold whenever a large block is freed, later tensors come from a heap that fragments,",
