@@ -109,8 +109,9 @@ def bin_sums(indices: np.ndarray, counts: np.ndarray, low_bit_sums: np.ndarray) 
     negative = idx < OFFSET
     mag = np.where(negative, idx, idx - OFFSET)
     exponent = mag >> MANTISSA_BITS
-    ulp = np.ldexp(1.0, np.maximum(exponent, 1) - 150)  # 2^(e - 127 - 23); subnormals share e = 1's ulp
-    total = np.asarray(counts, dtype=np.float64) * _MAG_EDGES[mag] + np.asarray(low_bit_sums, dtype=np.float64) * ulp
+    ulp = np.ldexp(1.0, np.maximum(exponent, 1) - 150)  # 2^(e - 150); subnormals: e = 1's
+    n = np.asarray(counts, dtype=np.float64)
+    total = n * _MAG_EDGES[mag] + np.asarray(low_bit_sums, dtype=np.float64) * ulp
     return np.where(negative, -total, total)
 
 

@@ -25,7 +25,7 @@ from quantlens.core.torch_engine import ops
 from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
 
 CHUNK = 1 << 20
-"""Values scattered per call: bounds the scratch buffers (16 MiB) whatever the tensor size."""
+"""Values scattered per call: bounds the scratch buffers (20 MiB) whatever the tensor size."""
 
 
 class _Scratch:
@@ -63,7 +63,8 @@ class _Accumulator:
         self.point = point
         self.scratch = scratch
         self.packed = torch.zeros(2, histogram.NUM_BINS, dtype=torch.int64, device=device)
-        """Per half, bins in unsigned bit order: positive values first, then negative (index ^ OFFSET)."""
+        """Per half, bins in unsigned bit order: positive values first, then negative
+        (histogram index = code ^ OFFSET)."""
         self.unpacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         """Host-side (bin codes, counts, dropped-bit sums) of the occupied bins unpacked so far."""
         self.since_unpack = 0
@@ -119,7 +120,8 @@ class _Accumulator:
         if self.unpacked is not None:
             parts = [self.unpacked, (codes, counts, low)]
             codes = np.union1d(parts[0][0], codes)
-            counts, low = np.zeros((2, len(codes)), dtype=np.int64), np.zeros((2, len(codes)), dtype=np.int64)
+            counts = np.zeros((2, len(codes)), dtype=np.int64)
+            low = np.zeros_like(counts)
             for part_codes, part_counts, part_low in parts:
                 at = np.searchsorted(codes, part_codes)
                 counts[:, at] += part_counts
