@@ -169,10 +169,15 @@ class _Accumulator:
         sumsq = np.array([float(t) for t in self.sumsq])
         cmin = self.channel_min.cpu().numpy().astype(np.float64) if self.channel_min is not None else np.zeros(0)
         cmax = self.channel_max.cpu().numpy().astype(np.float64) if self.channel_max is not None else np.zeros(0)
-        lo, _ = histogram.bin_bounds(keep)
-        if nonfinite:
-            # NaN/Inf poison sums and min/max; fall back to the finite bins' extent.
-            sumsq = np.array([float(np.sum(sums[h] ** 2 / np.maximum(counts[h], 1))) for h in (0, 1)])
+        lo, hi = histogram.bin_bounds(keep)
+        if nonfinite or not np.isfinite(sumsq).all():
+            # NaN/Inf poison the float sums, and squares of |x| > 2^64 overflow float32: take
+            # the sum of squares from the exact bin sums, uniform within a bin (~1e-6 relative).
+            limit = float(np.finfo(np.float32).max)  # the outermost bins reach to +-inf
+            width = np.minimum(hi, limit) - np.maximum(lo, -limit)
+            sumsq = np.array([float(np.sum(sums[h] ** 2 / np.maximum(counts[h], 1) + counts[h] * width**2 / 12))
+                              for h in (0, 1)])
+        if nonfinite:  # and min/max: fall back to the finite bins' extent
             means = sums.sum(0) / np.maximum(counts.sum(0), 1)
             order = np.argsort(lo)
             bottom = float(means[order[0]]) if len(lo) else 0.0  # mean of the lowest finite bin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from quantlens.core import histogram
 from quantlens.core.stats import CalibrationResult
 from quantlens.core.torch_engine.calibrate import calibrate_batches
+from tests.core.values import mixed_values
 
 MODELS = Path(__file__).resolve().parent / "models"
 
@@ -142,3 +144,30 @@ def test_nonfinite_values_are_counted_and_left_out(tmp_path):
     stats = calibrate_batches(model, [batch], [tmp_path]).stats["0"]
     assert stats.nonfinite == 1
     assert stats.count == 5 and stats.max == 3.0 and stats.min == pytest.approx(-1.0)
+
+
+def test_extreme_values_through_the_torch_path_match_numpy():
+    """Signed zeros, subnormals, powers of two and values near float32's limits: the packed
+    scatter's bins, counts and exact sums equal the numpy reference, and a sum of squares
+    beyond float32's range (values above 2^64) does not overflow into the statistics."""
+    from quantlens.core.stats import PointInfo
+    from quantlens.core.torch_engine.collector import Collector
+
+    x = mixed_values(3)
+    x = x[np.isfinite(x)]
+    point = PointInfo(name="p", kind="module", op="Identity", modules=["p"], module_types=["Identity"],
+                      activation=None, source=None)
+    collector = Collector([point], torch.nn.Identity(), torch.device("cpu"))
+    acc = collector.acc["p"]
+    half = len(x) // 2
+    acc.observe(torch.from_numpy(x[:half].copy()), 0)
+    acc.observe(torch.from_numpy(x[half:].copy()), 1)
+    s = acc.finish()
+    idx, counts, _ = histogram.histogram_from_values(x)
+    assert np.array_equal(s.bins, idx) and np.array_equal(s.counts.sum(0), counts)
+    order = np.argsort(histogram.bin_indices(x), kind="stable")
+    groups = np.split(x[order].astype(np.float64), np.cumsum(counts.astype(np.int64))[:-1])
+    np.testing.assert_array_equal(s.sums.sum(0), [math.fsum(g) for g in groups])
+    assert s.count == len(x) and s.min == x.min() and s.max == x.max()
+    want = math.fsum(v * v for v in x.astype(np.float64))
+    assert np.isfinite(s.sumsq) and s.sumsq == pytest.approx(want, rel=1e-5)

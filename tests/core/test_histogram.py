@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from quantlens.core.histogram import (
+    LOW_BITS_MASK,
     MANTISSA_BITS,
+    MAX_PACKED_VALUES,
     NUM_BINS,
     OFFSET,
-    LOW_BITS_MASK,
-    MAX_PACKED_VALUES,
     PACK_SHIFT,
     SHIFT,
     bin_bounds,
@@ -23,26 +23,7 @@ from quantlens.core.histogram import (
     pack_unit,
     unpack,
 )
-
-F32_MAX = float(np.finfo(np.float32).max)
-F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal, 2^-126
-F32_DENORM = float(np.finfo(np.float32).smallest_subnormal)  # 2^-149
-
-
-def _mixed_values(seed: int) -> np.ndarray:
-    """Finite float32 values over the whole range: every sign, scale and special case."""
-    rng = np.random.default_rng(seed)
-    parts = [
-        rng.normal(0.0, 1.0, 2000),
-        rng.normal(0.0, 1e-3, 500),
-        rng.laplace(0.0, 50.0, 500),
-        np.exp(rng.uniform(-80, 80, 1000)) * rng.choice([-1.0, 1.0], 1000),  # e^-80 .. e^80
-        rng.uniform(-4.0, 4.0, 500).round(2),  # many repeated values
-        2.0 ** rng.integers(-126, 127, 200) * rng.choice([-1.0, 1.0], 200),  # exact powers of two
-        [0.0, -0.0, 1.0, -1.0, F32_MAX, -F32_MAX, F32_TINY, -F32_TINY],
-        [F32_DENORM, -F32_DENORM, 3 * F32_DENORM, 1e-40, -1e-40, 1e-39, -2e-39],
-    ]
-    return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts]).astype(np.float32)
+from tests.core.values import F32_DENORM, F32_MAX, F32_TINY, mixed_values
 
 
 def _contains(lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -53,7 +34,7 @@ def _contains(lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_every_value_lies_in_its_bin(seed):
-    x = _mixed_values(seed)
+    x = mixed_values(seed)
     idx = bin_indices(x)
     assert idx.min() >= 0 and idx.max() < NUM_BINS
     lo, hi = bin_bounds(idx)
@@ -68,7 +49,7 @@ def test_every_value_lies_in_its_bin(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_histogram_counts_and_sums(seed):
-    x = _mixed_values(seed)
+    x = mixed_values(seed)
     codes, counts, sums = histogram_from_values(x)
     assert codes.dtype.kind == "i"
     assert np.all(np.diff(codes) > 0), "indices must be sorted and unique"
@@ -134,7 +115,7 @@ def test_nonfinite_flagged():
     assert counts.sum() == x.size
     assert is_nonfinite(codes).sum() == len(np.unique(bin_indices(x[:4])))
     # Every finite bin of a finite sample is not flagged.
-    assert not is_nonfinite(histogram_from_values(_mixed_values(3))[0]).any()
+    assert not is_nonfinite(histogram_from_values(mixed_values(3))[0]).any()
 
 
 def test_octaves_hold_256_bins_of_equal_width():
@@ -152,7 +133,7 @@ def test_octaves_hold_256_bins_of_equal_width():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_edges_are_multiples_of_the_bin_width(seed):
-    x = _mixed_values(seed)
+    x = mixed_values(seed)
     lo, hi = bin_bounds(np.unique(bin_indices(x)))
     finite = np.isfinite(lo) & np.isfinite(hi)
     lo, hi = lo[finite], hi[finite]
@@ -190,7 +171,7 @@ def test_power_of_two_quantizer_boundaries_fall_on_bin_edges(n_bits, signed):
 def test_bin_sums_from_dropped_bits_are_exactly_rounded(seed):
     """count * base + (sum of dropped bits) * ulp is the exact bin sum, rounded once: what
     math.fsum gives on the raw values, for normals, subnormals and both signs."""
-    x = _mixed_values(seed)
+    x = mixed_values(seed)
     x = x[np.isfinite(x)]
     idx = bin_indices(x)
     codes, inverse = np.unique(idx, return_inverse=True)
