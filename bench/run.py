@@ -293,6 +293,9 @@ def render(rows: list[dict[str, Any]], repeats: int, data_factor: int, memory_fa
         "above 1.0 plus these is Python: hooks, the function mode and the per-call dispatch of the",
         "statistics ops, which is why the tiny fixtures (a few microseconds of work per layer) fare worst.",
         "",
+        "To compare two collectors on this noisy machine, `bench/compare.py REV` runs both in one",
+        "process, in interleaved rounds; its last result is in bench/collector-ab.md.",
+        "",
         "| fixture | extra time by op (x plain forward) |",
         "|---|---|",
     ]
