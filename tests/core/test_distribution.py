@@ -6,44 +6,17 @@ import numpy as np
 import pytest
 
 from quantlens.core.distribution import Distribution
-from quantlens.core.histogram import bin_bounds, bin_indices, histogram_from_values
+from quantlens.core.histogram import bin_bounds, bin_indices
+from tests.core.values import hist_dist, synthetic
 
 QS = np.array([0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0])
 
 
+KINDS = ["gauss_1", "gauss_1e-3", "offset", "relu", "laplace_outliers", "uniform", "bimodal", "discrete"]
+
+
 def _data(kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = 5000
-    if kind == "gauss":
-        x = rng.normal(0.0, 1.0, n)
-    elif kind == "gauss_small":
-        x = rng.normal(0.0, 1e-3, n)
-    elif kind == "offset":
-        x = rng.normal(10.0, 1.0, n)
-    elif kind == "relu":
-        x = np.maximum(rng.normal(0.2, 1.0, n), 0.0)
-    elif kind == "laplace_outliers":
-        x = rng.laplace(0.0, 1.0, n)
-        x[rng.choice(n, 5, replace=False)] *= 1000.0
-    elif kind == "uniform":
-        x = rng.uniform(-3.0, 5.0, n)
-    elif kind == "bimodal":
-        x = np.concatenate((rng.normal(-2.0, 0.3, n // 2), rng.normal(3.0, 0.5, n - n // 2)))
-    elif kind == "discrete":
-        x = rng.integers(-8, 9, n) / 4.0
-    else:
-        raise ValueError(kind)
-    return x.astype(np.float32)
-
-
-KINDS = ["gauss", "gauss_small", "offset", "relu", "laplace_outliers", "uniform", "bimodal", "discrete"]
-
-
-def _from_hist(x: np.ndarray, with_sumsq: bool = True) -> Distribution:
-    v = x.astype(np.float64)
-    v = v[np.isfinite(v)]
-    sumsq = float(np.sum(v * v)) if with_sumsq else None
-    return Distribution.from_histogram(*histogram_from_values(x), sumsq)
+    return synthetic(kind, seed, n=5000)
 
 
 def _bin_width_at(values: np.ndarray) -> np.ndarray:
@@ -73,7 +46,7 @@ def test_from_values_moments_exact(kind, seed):
 def test_from_histogram_moments(kind, seed):
     x = _data(kind, seed)
     v = x.astype(np.float64)
-    d = _from_hist(x)
+    d = hist_dist(x)
     assert d.count == x.size
     np.testing.assert_allclose(d.mean, np.mean(v), rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(d.std, np.std(v), rtol=1e-6)
@@ -83,10 +56,10 @@ def test_from_histogram_moments(kind, seed):
     assert d.max >= v.max() and d.max - v.max() <= _bin_width_at([v.max()])[0]
 
 
-@pytest.mark.parametrize("kind", ["gauss", "relu", "uniform", "bimodal"])
+@pytest.mark.parametrize("kind", ["gauss_1", "relu", "uniform", "bimodal"])
 def test_from_histogram_without_sumsq_estimates_std(kind):
     x = _data(kind, 0)
-    d = _from_hist(x, with_sumsq=False)
+    d = hist_dist(x, with_sumsq=False)
     np.testing.assert_allclose(d.mean, np.mean(x.astype(np.float64)), rtol=1e-9)
     # Uniform-in-bin spread: bins are at most 2^-8 of the value wide.
     np.testing.assert_allclose(d.std, np.std(x.astype(np.float64)), rtol=1e-2)
@@ -97,7 +70,7 @@ def test_nonfinite_values_are_dropped():
     finite = rng.normal(size=1000).astype(np.float32)
     x = np.concatenate((finite, np.array([np.inf, -np.inf, np.nan, np.nan], dtype=np.float32)))
     v = finite.astype(np.float64)
-    for d in (Distribution.from_values(x), _from_hist(x)):
+    for d in (Distribution.from_values(x), hist_dist(x)):
         assert d.count == finite.size
         np.testing.assert_allclose(d.mean, v.mean(), rtol=1e-9)
         np.testing.assert_allclose(d.std, v.std(), rtol=1e-6)
@@ -115,7 +88,7 @@ def test_empty_distribution():
 
 def test_bins_sorted_and_disjoint():
     x = _data("laplace_outliers", 4)
-    d = _from_hist(x)
+    d = hist_dist(x)
     assert np.all(np.diff(d.lo) > 0)
     assert np.all(d.hi[:-1] <= d.lo[1:])
     assert np.all((d.lo <= d.s1 / d.n) & (d.s1 / d.n <= d.hi))
@@ -147,7 +120,7 @@ def test_from_values_quantiles_are_exact_order_statistics(kind, seed):
 def test_from_histogram_quantiles_within_one_bin(kind, seed):
     x = _data(kind, seed)
     v = np.sort(x.astype(np.float64))
-    d = _from_hist(x)
+    d = hist_dist(x)
     got = d.quantile(QS)
     # The sample of rank floor(q * N) lies in the same bin as the histogram's answer.
     ref = v[np.minimum(np.floor(QS * v.size).astype(int), v.size - 1)]
@@ -200,7 +173,7 @@ def test_from_histogram_restrict_and_mass_outside_within_cut_bins(kind):
     """Only the (at most two) bins that a window edge cuts are uncertain."""
     x = _data(kind, 1)
     v = x.astype(np.float64)
-    d = _from_hist(x)
+    d = hist_dist(x)
     idx = bin_indices(x)
     lo, hi = bin_bounds(idx)
     for low, high in _scaled_windows(v):
@@ -219,9 +192,9 @@ def test_from_histogram_restrict_and_mass_outside_within_cut_bins(kind):
 
 def test_from_histogram_restrict_on_bin_edges_is_exact():
     """Windows whose edges are bin edges cut no bin: counts and means are exact."""
-    x = _data("gauss", 2)
+    x = _data("gauss_1", 2)
     v = x.astype(np.float64)
-    d = _from_hist(x)
+    d = hist_dist(x)
     for low, high in [(-1.0, 1.0), (-0.5, 0.25), (0.0, 2.0), (-2.0, 0.0)]:
         assert not np.any((v == low) | (v == high))  # no sample sits exactly on an edge
         inside = (v > low) & (v < high)

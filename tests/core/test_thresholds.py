@@ -19,10 +19,10 @@ from hypothesis.extra import numpy as hnp
 
 from quantlens.core.activations import predicted_sqnr
 from quantlens.core.distribution import Distribution
-from quantlens.core.histogram import histogram_from_values
 from quantlens.core.quantizer import fake_quantize
 from quantlens.core.thresholds import ErrorMethod, candidate_thresholds, search_all
 from tests import reference as ref
+from tests.core.values import hist_dist, synthetic
 
 M = ErrorMethod
 TIE_RTOL = 1e-9
@@ -31,46 +31,14 @@ INF = math.inf
 # ---------------------------------------------------------------- data
 
 
-def _make(kind: str, seed: int, n: int = 4000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if kind == "gauss_1e-3":
-        x = rng.normal(0.0, 1e-3, n)
-    elif kind == "gauss_1":
-        x = rng.normal(0.0, 1.0, n)
-    elif kind == "gauss_37":
-        x = rng.normal(0.5, 37.0, n)
-    elif kind == "relu":  # unsigned, with many exact zeros
-        x = np.maximum(rng.normal(0.2, 1.0, n), 0.0)
-    elif kind == "laplace_outliers":
-        x = rng.laplace(0.0, 1.0, n)
-        x[rng.choice(n, 4, replace=False)] *= 1000.0
-    elif kind == "uniform":
-        x = rng.uniform(-3.0, 5.0, n)
-    elif kind == "uniform_pos":
-        x = rng.uniform(0.5, 6.0, n)
-    elif kind == "bimodal":
-        x = np.concatenate((rng.normal(-2.0, 0.3, n // 2), rng.normal(3.0, 0.5, n - n // 2)))
-    else:
-        raise ValueError(kind)
-    return x.astype(np.float32)
-
-
 KINDS = ["gauss_1e-3", "gauss_1", "gauss_37", "relu", "laplace_outliers", "uniform",
          "uniform_pos", "bimodal"]
 
 
 @functools.lru_cache(maxsize=None)
 def _dataset(kind: str, seed: int) -> tuple[np.ndarray, Distribution]:
-    x = _make(kind, seed)
+    x = synthetic(kind, seed)
     return x, hist_dist(x)
-
-
-def hist_dist(x: np.ndarray, with_sumsq: bool = True) -> Distribution:
-    """What the core sees after calibration: the histogram plus the exact sum of squares."""
-    x32 = np.asarray(x, dtype=np.float32)
-    v = x32.astype(np.float64)
-    v = v[np.isfinite(v)]
-    return Distribution.from_histogram(*histogram_from_values(x32), float(np.sum(v * v)) if with_sumsq else None)
 
 
 def _power(method: ErrorMethod, p: float) -> float:
