@@ -28,7 +28,7 @@ from quantlens.core.config import load_config
 from quantlens.core.torch_engine.loading import build_model, iterate_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_MODELS, MODEL_FIXTURES, ROOT, _ratios  # noqa: E402
+from run import BENCH_MODELS, MODEL_FIXTURES, ROOT, interleaved_ratios  # noqa: E402
 
 COLLECTOR = "core/torch_engine/collector.py"
 
@@ -63,7 +63,7 @@ def compare(folder: Path, old: type, rounds: int, data_factor: int) -> tuple[flo
         finally:
             calibrate_module.Collector = new
 
-    t_plain, ratios = _ratios({"plain": plain, "old": lambda: calibrate_with(old), "new": lambda: calibrate_with(new)},
+    t_plain, ratios = interleaved_ratios({"plain": plain, "old": lambda: calibrate_with(old), "new": lambda: calibrate_with(new)},
                               "plain", rounds)
     return t_plain, ratios["old"], ratios["new"]
 
