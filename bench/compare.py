@@ -63,8 +63,8 @@ def compare(folder: Path, old: type, rounds: int, data_factor: int) -> tuple[flo
         finally:
             calibrate_module.Collector = new
 
-    t_plain, ratios = interleaved_ratios({"plain": plain, "old": lambda: calibrate_with(old), "new": lambda: calibrate_with(new)},
-                              "plain", rounds)
+    t_plain, ratios = interleaved_ratios(
+        {"plain": plain, "old": lambda: calibrate_with(old), "new": lambda: calibrate_with(new)}, "plain", rounds)
     return t_plain, ratios["old"], ratios["new"]
 
 

@@ -78,7 +78,8 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def interleaved_ratios(variants: dict[str, Callable[[], Any]], baseline: str, rounds: int) -> tuple[float, dict[str, float]]:
+def interleaved_ratios(variants: dict[str, Callable[[], Any]], baseline: str,
+                       rounds: int) -> tuple[float, dict[str, float]]:
     """Median over rounds of each variant's time / the baseline's time in the same round.
 
     Every round runs every variant once, so a burst of load on a shared machine slows the
@@ -130,8 +131,8 @@ def bench_fixture(folder: Path, repeats: int, data_factor: int) -> dict[str, Any
         "histogram": lambda: observed(HistogramObserver),
         "minmax": lambda: observed(MinMaxObserver),
     }, "plain", repeats)
-    _, once_ratios = interleaved_ratios({"plain": plain_once, "quantlens": lambda: calibrate_batches(model, once, roots, sites)},
-                             "plain", repeats)
+    _, once_ratios = interleaved_ratios(
+        {"plain": plain_once, "quantlens": lambda: calibrate_batches(model, once, roots, sites)}, "plain", repeats)
     settings = QuantSettings()
     t_search = _time(lambda: quantize_activations(calibration, settings), repeats)
     breakdown = op_breakdown(plain, lambda: calibrate_batches(model, batches, roots, sites))
