@@ -88,35 +88,90 @@ class ActivationQuant:
         return out
 
 
+@dataclass(frozen=True)
+class _Summary:
+    """What a point's statistics say whatever the settings (computed once per calibration)."""
+
+    dist: Distribution
+    negative_fraction: float
+    q1: float
+    q3: float
+    iqr_outlier_fraction: float
+
+
+class SearchMemo:
+    """Threshold searches of one calibration, keyed by what each search reads.
+
+    A config edit changes few of the search's inputs: switching the error method re-reads
+    results already found, and an override re-searches only the points it covers. The
+    language server keeps one memo per calibration; bounded by points x settings tried.
+    """
+
+    MAX_ENTRIES = 4096
+    """Past this many searches the memo starts over (a long session of edits stays bounded)."""
+
+    def __init__(self) -> None:
+        self._summaries: dict[str, _Summary] = {}
+        self._searches: dict[tuple, tuple[dict[ErrorMethod, SearchResult], dict[str, float]]] = {}
+        self._stats: dict[str, PointStats] = {}
+
+    def summary(self, name: str, stats: PointStats) -> _Summary:
+        if self._stats.get(name) is not stats:  # another calibration: nothing carries over
+            self._stats[name] = stats
+            self._summaries.pop(name, None)
+            self._searches = {k: v for k, v in self._searches.items() if k[0] != name}
+        found = self._summaries.get(name)
+        if found is None:
+            dist = stats.distribution()
+            nonzero = dist.without_zeros()
+            q1, q3 = (float(v) for v in nonzero.quantile(np.array([0.25, 0.75])))
+            iqr = q3 - q1
+            found = _Summary(dist, stats.negative_fraction(), q1, q3,
+                             nonzero.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr))
+            self._summaries[name] = found
+        return found
+
+    def search(self, name: str, dist: Distribution, n_bits: int, settings: QuantSettings, shift: float,
+               methods: tuple[ErrorMethod, ...]) -> tuple[dict[ErrorMethod, SearchResult], dict[str, float]]:
+        """Every method's result and the SQNR its threshold gives over all values."""
+        key = (name, n_bits, settings.l_p_value, settings.z_threshold, settings.power_of_two_thresholds, shift,
+               methods)
+        found = self._searches.get(key)
+        if found is None:
+            searched = dist.shifted(shift) if shift else dist
+            results = search_all(searched, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
+                                 power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
+                                 methods=methods)
+            sqnr = {m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()}
+            if len(self._searches) >= self.MAX_ENTRIES:
+                self._searches.clear()
+            found = self._searches[key] = (results, sqnr)
+        return found
+
+
 def quantize_activations(calibration: CalibrationResult, settings: QuantSettings,
-                         compare_methods: bool = True) -> dict[str, ActivationQuant]:
+                         compare_methods: bool = True, memo: SearchMemo | None = None) -> dict[str, ActivationQuant]:
     """Thresholds and predictions for every point (numpy only).
 
     ``compare_methods`` False searches the configured method only (no per-method thresholds
-    or curves), for re-simulations that need nothing else.
+    or curves), for re-simulations that need nothing else. ``memo`` reuses earlier searches
+    of the same calibration.
     """
-    return {p.name: quantize_point(p, calibration.stats[p.name], settings, compare_methods) for p in calibration.points}
+    memo = memo if memo is not None else SearchMemo()
+    return {p.name: quantize_point(p, calibration.stats[p.name], settings, compare_methods, memo)
+            for p in calibration.points}
 
 
 def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
-                   compare_methods: bool = True) -> ActivationQuant:
+                   compare_methods: bool = True, memo: SearchMemo | None = None) -> ActivationQuant:
+    memo = memo if memo is not None else SearchMemo()
     override = settings.for_point([point.name, *point.modules], point.module_types)
     n_bits = override.activation_n_bits or settings.activation_n_bits
-    dist = stats.distribution()
+    summary = memo.summary(point.name, stats)
     shift = shift_for(point, stats.min) if settings.shift_negative_activation_correction else 0.0
-    searched = dist.shifted(shift) if shift else dist
-    results = search_all(
-        searched, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
-        power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
-        methods=tuple(ErrorMethod) if compare_methods else (settings.activation_error_method,),
-    )
+    methods = tuple(ErrorMethod) if compare_methods else (settings.activation_error_method,)
+    results, method_sqnr = memo.search(point.name, summary.dist, n_bits, settings, shift, methods)
     chosen = results[settings.activation_error_method]
-    method_sqnr = {
-        m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()
-    }
-    nonzero = dist.without_zeros()
-    q1, q3 = (float(v) for v in nonzero.quantile(np.array([0.25, 0.75])))
-    iqr = q3 - q1
     return ActivationQuant(
         point=point.name,
         quantize=override.quantize,
@@ -127,13 +182,13 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
         z_threshold=settings.z_threshold,
         min=stats.min,
         max=stats.max,
-        mean=dist.mean,
-        std=dist.std,
+        mean=summary.dist.mean,
+        std=summary.dist.std,
         count=stats.count,
-        negative_fraction=stats.negative_fraction(),
-        q1=q1,
-        q3=q3,
-        iqr_outlier_fraction=nonzero.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr),
+        negative_fraction=summary.negative_fraction,
+        q1=summary.q1,
+        q3=summary.q3,
+        iqr_outlier_fraction=summary.iqr_outlier_fraction,
         kept_fraction=chosen.kept_fraction,
         shift=shift,
         predicted_sqnr_db=method_sqnr[chosen.method.value],

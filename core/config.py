@@ -71,6 +71,10 @@ class ProjectConfig:
     config_file: Path | None = None
     diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
     ignore: tuple[str, ...] = ()
+    worker_timeout_s: float | None = None
+    """How long one analysis may run in the worker before it is killed (None: the default)."""
+    worker_memory_limit_mb: int | None = None
+    """Address space the worker may add beyond its own footprint (None: the default)."""
     locations: dict[str, Location] = field(default_factory=dict)
     """Where each key was written (key -> file and line)."""
 
@@ -80,7 +84,7 @@ class ProjectConfig:
 
 PROJECT_KEYS = {
     "model", "data", "weights", "validation", "evaluate", "metrics", "device",
-    "num_calibration_batches", "overrides", "diagnosis", "ignore",
+    "num_calibration_batches", "overrides", "diagnosis", "ignore", "worker_timeout_s", "worker_memory_limit_mb",
 }
 
 
@@ -224,6 +228,16 @@ def load_config(
         problems.append(Problem("ignore must be a list of rule ids", where("ignore")))
         ignore = []
 
+    limits: dict[str, Any] = {}
+    for key in ("worker_timeout_s", "worker_memory_limit_mb"):
+        value = project.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            problems.append(Problem(f"{key} must be a positive number, got {value!r}", where(key)))
+        else:
+            limits[key] = int(value) if key == "worker_memory_limit_mb" else float(value)
+
     if problems:
         raise QuantlensError(problems)
     assert model is not None and data is not None
@@ -241,6 +255,7 @@ def load_config(
         config_file=source,
         diagnosis=diagnosis,
         ignore=tuple(ignore),
+        **limits,
         locations={k: v for k, v in locations.items() if not k.endswith("@arg")},
     )
 

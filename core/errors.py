@@ -3,14 +3,13 @@
 Everything that can go wrong because of the user's input (a config value, a model file,
 an exception inside their forward) becomes a :class:`Problem` that names a file and a
 line. Only the edges (CLI, language server) turn problems into text or diagnostics, so a
-problem never reaches the user as a bare traceback.
+problem never reaches the user as a bare traceback. Which frame of a traceback is "the
+user's line" is decided in :mod:`quantlens.core.workspace`.
 """
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,15 @@ class Problem:
     location: Location | None = None
     code: str = "config"
     hint: str = ""
+    related: tuple[Location, ...] = ()
+    """Other places where the fix may go (the ``def`` line of a failing factory or data
+    function, when ``location`` is the config line that names it)."""
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
         hint = f"\n  hint: {self.hint}" if self.hint else ""
-        return f"{where}error[{self.code}]: {self.message}{hint}"
+        also = "".join(f"\n  see: {loc}" for loc in self.related)
+        return f"{where}error[{self.code}]: {self.message}{hint}{also}"
 
     def to_json(self) -> dict:
         return {
@@ -54,7 +57,14 @@ class Problem:
             "location": self.location.to_json() if self.location else None,
             "code": self.code,
             "hint": self.hint,
+            "related": [loc.to_json() for loc in self.related],
         }
+
+    @staticmethod
+    def from_json(obj: dict) -> Problem:
+        return Problem(str(obj["message"]), Location.from_json(obj.get("location")), str(obj.get("code", "config")),
+                       str(obj.get("hint", "")),
+                       tuple(loc for loc in map(Location.from_json, obj.get("related", [])) if loc is not None))
 
 
 @dataclass
@@ -71,25 +81,3 @@ def fail(message: str, location: Location | None = None, code: str = "config", h
     """Build an error with a single problem (raise the result)."""
     return QuantlensError([Problem(message, location, code, hint)])
 
-
-def user_code_location(exc: BaseException, roots: list[Path]) -> Location | None:
-    """The innermost frame of ``exc``'s traceback that lies in the user's workspace.
-
-    An exception raised inside the user's forward should be reported on their line, not on
-    a line of torch; frames outside ``roots`` are skipped.
-    """
-    frames = traceback.extract_tb(exc.__traceback__)
-    resolved = [r.resolve() for r in roots]
-    for frame in reversed(frames):
-        path = Path(frame.filename).resolve()
-        if any(_is_under(path, r) for r in resolved) and "site-packages" not in path.parts:
-            return Location(str(path), frame.lineno or 0)
-    return None
-
-
-def _is_under(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True

@@ -13,6 +13,7 @@ from typing import Any
 from quantlens.core.activations import ActivationQuant
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding
+from quantlens.core.measurements import OutputMetrics
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
@@ -60,26 +61,6 @@ class PointResult:
 
 
 @dataclass
-class OutputMetrics:
-    """The model's output, float against fully quantized."""
-
-    error: ErrorSums = field(default_factory=ErrorSums)
-    top1_agreement: float | None = None
-    float_eval: dict[str, float] = field(default_factory=dict)
-    quant_eval: dict[str, float] = field(default_factory=dict)
-    custom: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            **self.error.to_json(),
-            "top1_agreement": self.top1_agreement,
-            "float_evaluation": self.float_eval,
-            "quantized_evaluation": self.quant_eval,
-            "custom": self.custom,
-        }
-
-
-@dataclass
 class AnalysisResult:
     settings: QuantSettings
     calibration: CalibrationResult
@@ -102,6 +83,9 @@ class AnalysisResult:
     """The config entry that names the data function."""
     config_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    estimated: bool = False
+    """True when the errors were estimated from statistics, not measured under these settings
+    (the language server's fast path after a config edit, until the worker re-measures)."""
 
     def point(self, name: str) -> PointResult:
         for p in self.points:
@@ -128,6 +112,7 @@ class AnalysisResult:
             "findings": [f.to_json() for f in self.findings],
             "problems": [p.to_json() for p in self.problems],
             "timings_s": self.timings,
+            "estimated": self.estimated,
         })
 
 

@@ -73,6 +73,14 @@ class QuantSettings:
             out[f.name] = value
         return out
 
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> QuantSettings:
+        """The inverse of :meth:`to_json` (values are checked as a config file's would be)."""
+        values = {name: coerce_setting(name, value) for name, value in obj.items() if name != "overrides"}
+        overrides = {key: coerce_override({k: v for k, v in entry.items() if v is not None})
+                     for key, entry in obj.get("overrides", {}).items()}
+        return QuantSettings(**values, overrides=overrides)
+
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(QuantSettings))
 

@@ -127,48 +127,55 @@ class CalibrationResult:
         raise KeyError(name)
 
     def to_msgpack(self) -> bytes:
-        return msgpack.packb(_encode(self), use_bin_type=True)
+        return msgpack.packb(encode(self), use_bin_type=True)
 
     @staticmethod
     def from_msgpack(data: bytes) -> CalibrationResult:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if obj.get("version") != FORMAT_VERSION:
-            raise ValueError(f"cache format {obj.get('version')} is not {FORMAT_VERSION}")
-        return _decode_calibration(obj)
+        """Raises ValueError on anything that is not this format (a cache loader discards it)."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(obj, dict) or obj.get("version") != FORMAT_VERSION:
+                raise ValueError(f"cache format {obj.get('version') if isinstance(obj, dict) else '?'} "
+                                 f"is not {FORMAT_VERSION}")
+            return _decode_calibration(obj)
+        except (KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+            raise ValueError(f"corrupt calibration record: {type(exc).__name__}: {exc}") from None
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
+    """Dataclasses, arrays and locations as msgpack-ready maps (arrays as raw bytes)."""
     if isinstance(value, np.ndarray):
         arr = np.ascontiguousarray(value)
         return {"__nd__": True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
     if isinstance(value, Location):
         return {"__loc__": True, **value.to_json()}
     if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: encode(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
+        return {k: encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [encode(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def _decode(value: Any) -> Any:
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode` for arrays and locations; dataclasses come back as dicts."""
     if isinstance(value, dict):
         if value.get("__nd__"):
             return np.frombuffer(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
         if value.get("__loc__"):
             return Location(value["file"], value["line"], value["column"])
-        return {k: _decode(v) for k, v in value.items()}
+        return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [decode(v) for v in value]
     return value
 
 
 def _decode_calibration(obj: dict) -> CalibrationResult:
-    points = [PointInfo(**_decode(p)) for p in obj["points"]]
-    stats = {k: PointStats(**_decode(v)) for k, v in obj["stats"].items()}
+    points = [PointInfo(**decode(p)) for p in obj["points"]]
+    stats = {k: PointStats(**decode(v)) for k, v in obj["stats"].items()}
     return CalibrationResult(
         points=points,
         stats=stats,

@@ -12,15 +12,20 @@ import importlib.metadata
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quantlens.core.config import load_config, parse_set_argument
+from quantlens.core.config import ProjectConfig, load_config, parse_set_argument
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.findings import Severity
+from quantlens.daemon.options import ServerOptions
 from quantlens.daemon.progress import ProgressBar
 from quantlens.daemon.text_report import format_findings, format_summary, format_table
+
+if TYPE_CHECKING:
+    from quantlens.core.result import AnalysisResult
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -56,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--write-baseline", type=Path, metavar="FILE", help="write this run's metrics as a baseline")
     report = sub.add_parser("report", parents=[common], help="run the check and write an HTML report with pictures")
     report.add_argument("--out", type=Path, default=Path("quantlens-report"), help="report folder")
+    serve = sub.add_parser("serve", help="the language server, over stdio (or --tcp PORT on 127.0.0.1)")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+    watch = sub.add_parser("watch", parents=[common], help="rerun on every change and print what changed")
+    watch.add_argument("--format", choices=FORMATS, default="text", help="how to print the findings")
+    watch.add_argument("--once", action="store_true", help="run once and exit with the check command's codes")
+    watch.add_argument("--fail-on", choices=[s.value for s in Severity], default=None,
+                       help="with --once: exit 1 when a finding is at or above this severity")
     return parser
 
 
@@ -64,8 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command in ("check", "report"):
             return _check(args)
+        if args.command == "serve":
+            from quantlens.daemon.server import serve
+
+            return serve(args.tcp)
+        if args.command == "watch":
+            from quantlens.daemon.watch import watch
+
+            return watch(args)
     except QuantlensError as exc:
-        _print_problems(exc.problems)
+        print_problems(exc.problems)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -106,15 +126,9 @@ def _check(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not directory.is_dir():
         raise QuantlensError([Problem(f"{directory} is not a folder", Location("<command line>"), code="usage")])
-    values, texts = _overrides(args)
-    config = load_config(directory, args.config, values, texts)
-    from quantlens.core.torch_engine.pipeline import analyze_project  # torch only when needed
-
-    bar = ProgressBar(sys.stderr, enabled=not args.no_progress)
-    try:
-        result = analyze_project(config, progress=bar.update)
-    finally:
-        bar.close()
+    config, result = analyze_in_worker(args, directory)
+    if result is None:
+        return EXIT_USAGE
     baseline_failed = False
     baseline_json: dict[str, Any] | None = None
     if getattr(args, "baseline", None) is not None:
@@ -127,7 +141,7 @@ def _check(args: argparse.Namespace) -> int:
         from quantlens.core.baseline import write_baseline
 
         args.write_baseline.write_text(json.dumps(write_baseline(payload), indent=1) + "\n", encoding="utf-8")
-    root = _ci_root(config.root)
+    root = ci_root(config.root)
     if args.json is not None:
         text = json.dumps(payload, indent=1)
         if str(args.json) == "-":
@@ -142,29 +156,64 @@ def _check(args: argparse.Namespace) -> int:
         index = write_report(result, args.out, config.root, config.diagnosis)
         print(format_findings(result, config.root))
         print(f"wrote {index}")
-    elif to_stdout and fmt == "text":
-        print(format_table(result, config.root))
-        print()
-        print(format_summary(result))
-        print()
-        print(format_findings(result, config.root))
-    elif to_stdout and fmt == "json":
-        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
-    elif to_stdout and fmt == "sarif":
-        from quantlens.daemon.formats.sarif import to_sarif
-
-        sys.stdout.write(json.dumps(to_sarif(payload, root, _version()), indent=1) + "\n")
-    elif to_stdout and fmt == "github":
-        from quantlens.daemon.formats.github import to_github_annotations
-
-        sys.stdout.write(to_github_annotations(payload, root))
-    _print_problems(result.problems)
-    fail_on = getattr(args, "fail_on", None)
+    elif to_stdout:
+        sys.stdout.write(render(fmt, result, payload, config.root, root))
+    print_problems(result.problems)
     if baseline_failed:
         return EXIT_FINDINGS
+    return exit_code(result, getattr(args, "fail_on", None))
+
+
+def render(fmt: str, result: AnalysisResult, payload: dict[str, Any], project_root: Path, ci_root: Path) -> str:
+    """The findings as ``--format`` asks (``payload`` is ``result.to_json()``)."""
+    if fmt == "json":
+        return json.dumps(payload, indent=1) + "\n"
+    if fmt == "sarif":
+        from quantlens.daemon.formats.sarif import to_sarif
+
+        return json.dumps(to_sarif(payload, ci_root, _version()), indent=1) + "\n"
+    if fmt == "github":
+        from quantlens.daemon.formats.github import to_github_annotations
+
+        return to_github_annotations(payload, ci_root)
+    return "\n\n".join([format_table(result, project_root), format_summary(result),
+                         format_findings(result, project_root)]) + "\n"
+
+
+def exit_code(result: AnalysisResult, fail_on: str | None) -> int:
     if fail_on is not None and any(f.severity.rank >= Severity(fail_on).rank for f in result.findings):
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def analyze_in_worker(args: argparse.Namespace, directory: Path) -> tuple[ProjectConfig, AnalysisResult | None]:
+    """Load the config here, run the model in a worker process (so ``os._exit``, a crash or a
+    hang in user code becomes a located problem), and diagnose here (numpy)."""
+    from quantlens.core.rediagnose import rediagnose
+    from quantlens.core.measurements import Measurements
+    from quantlens.core.stats import CalibrationResult
+    from quantlens.daemon.workers import WorkerPool
+
+    values, texts = _overrides(args)
+    config = load_config(directory, args.config, values, texts)
+    pool = WorkerPool(ServerOptions().limits(config), spare=False)
+    bar = ProgressBar(sys.stderr, enabled=not args.no_progress)
+    request = {"directory": str(directory.resolve()), "config_file": str(args.config.resolve()) if args.config else None,
+               "overrides": values, "override_text": texts}
+    try:
+        outcome = pool.run(request, bar.update, config.location_of("model"))
+    finally:
+        bar.close()
+        pool.close()
+    if not outcome.ok:
+        print_problems(outcome.problems)
+        return config, None
+    assert outcome.calibration is not None and outcome.measurements is not None
+    start = time.perf_counter()
+    result = rediagnose(CalibrationResult.from_msgpack(outcome.calibration), config,
+                        Measurements.from_msgpack(outcome.measurements), timings=outcome.timings)
+    result.timings["diagnose"] = time.perf_counter() - start
+    return config, result
 
 
 def _apply_baseline(args: argparse.Namespace, result: Any) -> dict[str, Any]:
@@ -183,7 +232,7 @@ def _apply_baseline(args: argparse.Namespace, result: Any) -> dict[str, Any]:
             "missing": report.missing, "new": report.new, "settings_changed": report.settings_changed}
 
 
-def _ci_root(project_root: Path) -> Path:
+def ci_root(project_root: Path) -> Path:
     """Paths in CI formats are relative to the repository GitHub checked out, when inside it."""
     workspace = os.environ.get("GITHUB_WORKSPACE")
     if workspace and project_root.resolve().is_relative_to(Path(workspace).resolve()):
@@ -198,7 +247,7 @@ def _version() -> str:
         return "0"
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def print_problems(problems: list[Problem]) -> None:
     for p in problems:
         print(str(p), file=sys.stderr)
 

@@ -45,6 +45,12 @@ def degraded_layers(ctx: Context) -> list[Finding]:
             continue
         ctx.degraded.add(p.name)
         iso = p.isolated.sqnr_db if p.isolated else float("nan")
+        evidence = {"scores": scores, "failed": failed, "limits": ctx.settings.threshold_quantize_error,
+                    "cumulative_sqnr_db": p.cumulative.sqnr_db, "isolated_sqnr_db": iso,
+                    "cumulative_cosine": p.cumulative.cosine, "cumulative_mse": p.cumulative.mse}
+        if p.isolated is not None:
+            # empty: the point fails only cumulatively, so its error is inherited from upstream
+            evidence["isolated_failed"] = failed_metrics(ctx, p.isolated, p.custom)
         findings.append(Finding(
             rule="degraded-layer",
             severity=Severity.WARNING,
@@ -52,9 +58,7 @@ def degraded_layers(ctx: Context) -> list[Finding]:
                      f"cosine {p.cumulative.cosine:.4f} (isolated SQNR {iso:.1f} dB)"),
             points=(p.name,),
             locations=ctx.locations(p),
-            evidence={"scores": scores, "failed": failed, "limits": ctx.settings.threshold_quantize_error,
-                      "cumulative_sqnr_db": p.cumulative.sqnr_db, "isolated_sqnr_db": iso,
-                      "cumulative_cosine": p.cumulative.cosine, "cumulative_mse": p.cumulative.mse},
+            evidence=evidence,
             recommendation=Recommendation(
                 "Look at the other findings on this layer for the cause; keeping it at 16 bits tests "
                 "whether it is the culprit (as MCT's network editor is used).",

@@ -19,7 +19,7 @@ from quantlens.core.stats import CalibrationResult, PointInfo
 from quantlens.core.torch_engine.collector import Collector
 from quantlens.core.torch_engine.discovery import Discovery
 from quantlens.core.torch_engine.instrument import Instrumentation
-from quantlens.core.torch_engine.loading import Batch, to_batch, user_error
+from quantlens.core.torch_engine.loading import Batch, to_batch, user_failure
 from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
 
 Progress = Callable[[int, int | None], None]
@@ -37,14 +37,17 @@ def as_batches(items: Iterable[Any], device: torch.device) -> Iterable[Batch]:
         yield item if isinstance(item, Batch) else to_batch(item, device, False, None, i)
 
 
-def run_forward(model: nn.Module, batch: Batch, roots: list[Path]) -> Any:
-    """Forward one batch; an exception in the user's code becomes a located problem."""
+def run_forward(model: nn.Module, batch: Batch, roots: list[Path], index: int | None = None) -> Any:
+    """Forward one batch (number ``index`` when known); an exception or ``sys.exit`` in the
+    user's code becomes a located problem (every forward of calibration and simulation comes
+    through here)."""
     try:
         return model(*batch.args, **batch.kwargs)
     except QuantlensError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code
-        raise user_error("the model's forward raised", exc, roots, None) from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+        on = f" on batch {index}" if index is not None else ""
+        raise user_failure(f"{type(model).__name__}.forward(){on}", exc, roots, None) from exc
 
 
 def calibrate_batches(
@@ -70,7 +73,7 @@ def calibrate_batches(
                 if points is None:
                     discovery = Discovery(model, workspace, sites)
                     with Instrumentation(model, discovery):
-                        run_forward(model, batch, roots)
+                        run_forward(model, batch, roots, count)
                     points = discovery.points()
                 if not points:
                     raise QuantlensError([Problem(
@@ -81,7 +84,7 @@ def calibrate_batches(
                 signature = _signature(batch)
             collector.half = count % 2
             with instrumentation:
-                run_forward(model, batch, roots)
+                run_forward(model, batch, roots, count)
             count += 1
             samples += batch.size
             if progress:

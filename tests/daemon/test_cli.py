@@ -246,3 +246,120 @@ def test_layers_made_by_a_helper_in_another_file_land_on_its_line(tmp_path: Path
     assert set(shift[0]["points"]) == {"blocks.0.0", "blocks.1.0", "blocks.2.0"}
     assert shift[0]["message"].endswith("(3 of 3 points created at this line)")
     assert (shift[0]["locations"][0]["file"], shift[0]["locations"][0]["line"]) == helper
+
+
+# --- faults in user code: exit 2, the user's file:line, no traceback ------------------------
+
+USER_MODEL = '''import os
+import sys
+
+import torch
+from torch import nn
+
+WIDTH = 4  # @top
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(WIDTH, 3)
+
+    def forward(self, x):
+        return self.fc(x)  # @forward
+
+
+def build():  # @build
+    torch.manual_seed(0)
+    return Net()  # @factory
+'''
+
+USER_DATA = '''import sys
+
+import torch
+
+
+def batches():  # @batches
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 4, generator=g) for _ in range(2)]  # @data
+'''
+
+USER_CONFIG = '[quantlens]\nmodel = "model.py:build"\ndata = "data.py:batches"\n'
+
+
+def _user_project(tmp_path: Path, file: str, marker: str, replacement: str) -> Path:
+    """model.py, data.py and quantlens.toml; in ``file``, the line marked ``# @marker`` becomes
+    ``replacement`` (its indentation and marker kept, so the marker still finds the line)."""
+    texts = {"model.py": USER_MODEL, "data.py": USER_DATA}
+    lines = texts[file].splitlines()
+    index = next(i for i, line in enumerate(lines) if line.endswith(f"# @{marker}"))
+    indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+    lines[index] = f"{indent}{replacement}  # @{marker}"
+    texts[file] = "\n".join(lines) + "\n"
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "quantlens.toml").write_text(USER_CONFIG)
+    return tmp_path
+
+
+def _marked(path: Path, marker: str) -> str:
+    return f"{path}:{_line_of(path, f'# @{marker}')}:"
+
+
+USER_FAULTS = [
+    # id, file, marker, replacement, where the error is (file, marker) or the config line, message, related def
+    ("environ", "model.py", "factory", 'return Net(os.environ["NOPE"])', ("model.py", "factory"),
+     "model factory build() raised KeyError: 'NOPE'", ("model.py", "build")),
+    ("unprintable", "model.py", "factory", "raise type('Bad', (Exception,), {'__str__': lambda s: 1 / 0})()",
+     ("model.py", "factory"), "model factory build() raised Bad: Bad()", ("model.py", "build")),
+    ("exit-at-import", "model.py", "top", "sys.exit(3)", ("model.py", "top"),
+     "importing model.py called sys.exit(3)", None),
+    ("exit-in-factory", "model.py", "factory", "sys.exit(3)", ("model.py", "factory"),
+     "model factory build() called sys.exit(3)", ("model.py", "build")),
+    ("exit-in-data", "data.py", "data", "sys.exit(3)", ("data.py", "data"),
+     "data function batches() called sys.exit(3)", ("data.py", "batches")),
+    ("exit-in-forward", "model.py", "forward", "sys.exit(3)", ("model.py", "forward"),
+     "Net.forward() on batch 0 called sys.exit(3)", None),
+    ("factory-needs-arguments", "model.py", "build", "def build(width, depth):", 2,
+     "model factory build() needs arguments (width, depth); it must be callable with none", ("model.py", "build")),
+    ("factory-returns-no-module", "model.py", "factory", "return [Net()]", 2,
+     "model factory build() returned list, not a torch.nn.Module", ("model.py", "build")),
+    ("no-batches", "data.py", "data", "return []", 3,
+     "data function batches() produced no batches", ("data.py", "batches")),
+    ("string-batches", "data.py", "data", "return ['a', 'b']", 3,
+     "data function batches(): batch 0 holds a str and no tensor", ("data.py", "batches")),
+]
+
+
+@pytest.mark.parametrize(("file", "marker", "replacement", "where", "message", "related"),
+                         [case[1:] for case in USER_FAULTS], ids=[case[0] for case in USER_FAULTS])
+def test_a_fault_in_user_code_is_reported_at_the_users_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, file: str, marker: str,
+        replacement: str, where: tuple[str, str] | int, message: str, related: tuple[str, str] | None) -> None:
+    """Run from inside the project (as users do): a ``<frozen os>`` frame then resolves under
+    the root, which once put a KeyError from ``os.environ`` at ``<frozen os>:679``."""
+    project = _user_project(tmp_path, file, marker, replacement).resolve()
+    monkeypatch.chdir(project)
+    code, out, err = _run(["check", ".", "--no-progress"], capsys)
+    assert code == EXIT_USAGE, err
+    first = err.splitlines()[0]
+    if isinstance(where, int):
+        assert first.startswith(f"{project / 'quantlens.toml'}:{where}:"), err
+    else:
+        assert first.startswith(_marked(project / where[0], where[1])), err
+    assert first.endswith(message)
+    if related is not None:
+        assert f"  see: {project / related[0]}:{_line_of(project / related[0], f'# @{related[1]}')}" in err
+    assert "<frozen" not in err and "Traceback" not in err + out
+
+
+def test_sys_exit_in_user_code_exits_2_from_the_console_script(tmp_path: Path) -> None:
+    """The installed entry point in a fresh process: sys.exit(3) in forward is a located
+    problem with exit code 2, not a silent exit 3."""
+    project = _user_project(tmp_path, "model.py", "forward", "sys.exit(3)").resolve()
+    script = Path(sys.executable).parent / "quantlens"
+    env = {**os.environ, "QUANTLENS_DEBUG": ""}
+    proc = subprocess.run([str(script), "check", str(project), "--no-progress"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert proc.stderr.startswith(_marked(project / "model.py", "forward"))
+    assert "called sys.exit(3)" in proc.stderr and "Traceback" not in proc.stderr

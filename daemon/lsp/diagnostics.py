@@ -1,0 +1,266 @@
+"""Findings and problems as LSP diagnostics, without flooding the editor.
+
+An editor full of warnings is ignored, so the conversion keeps the warnings for the lines where
+something must change: a degraded layer that is fine in isolation (it only inherits error from
+upstream) becomes information naming where the error starts, findings that share a line become
+one diagnostic, and ``min_severity`` drops what the user does not want to see. Every finding
+diagnostic links to its rule's section of docs/rules.md and carries the findings as ``data`` for
+the code actions. Never imports torch: the language server runs this on every re-diagnosis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import linecache
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.uris import from_fs_path
+
+from quantlens.core.diagnosis import NOT_A_CAUSE
+from quantlens.core.errors import Location, Problem
+from quantlens.core.findings import Finding, Severity
+from quantlens.core.result import AnalysisResult, PointResult
+
+SOURCE = "quantlens"
+SEVERITIES = {
+    Severity.INFO: types.DiagnosticSeverity.Information,
+    Severity.WARNING: types.DiagnosticSeverity.Warning,
+    Severity.ERROR: types.DiagnosticSeverity.Error,
+}
+_RANKS = {lsp: sev.rank for sev, lsp in SEVERITIES.items()}
+
+Related = tuple[tuple[Location, str], ...]
+"""Other places a diagnostic points to, each with the line of text the editor shows for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shown:
+    """A finding as the editor shows it (inherited damage rewritten), and where it points to."""
+
+    finding: Finding
+    related: Related
+
+
+def to_diagnostics(result: AnalysisResult | None, problems: Sequence[Problem], *, rules_doc: str,
+                   min_severity: Severity = Severity.INFO) -> dict[str, list[types.Diagnostic]]:
+    """The diagnostics to publish, keyed by the absolute path of every file that gets one.
+
+    ``result`` is None when the analysis failed (only ``problems`` then); otherwise its own
+    ``problems`` are published too (once, even if also passed in ``problems``). ``rules_doc`` is
+    the URI of docs/rules.md; each finding's ``code_description`` links to ``#<rule id>`` there.
+    ``min_severity`` applies after findings on one line are merged.
+    """
+    published: dict[str, list[types.Diagnostic]] = {}
+    for file, diagnostic in [*_finding_diagnostics(result, rules_doc), *_problem_diagnostics(result, problems)]:
+        if _RANKS[diagnostic.severity or types.DiagnosticSeverity.Error] >= min_severity.rank:
+            published.setdefault(file, []).append(diagnostic)
+    for diagnostics in published.values():
+        diagnostics.sort(key=lambda d: (d.range.start.line, d.range.start.character))
+    return published
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def _finding_diagnostics(result: AnalysisResult | None, rules_doc: str) -> list[tuple[str, types.Diagnostic]]:
+    """One diagnostic per line that carries findings, in the core's order of first appearance."""
+    if result is None:
+        return []
+    causes = _Causes(result)
+    fallback = Location(result.config_file) if result.config_file else None
+    lines: dict[tuple[str, int], tuple[Location, list[_Shown]]] = {}
+    for finding in result.findings:
+        anchor = _anchor(finding, fallback)
+        if anchor is not None:
+            lines.setdefault((anchor.file, anchor.line), (anchor, []))[1].append(_shown(finding, causes))
+    return [(anchor.file, _merged(shown, anchor, rules_doc)) for anchor, shown in lines.values()]
+
+
+def _anchor(finding: Finding, fallback: Location | None) -> Location | None:
+    """Where a finding is shown: its first location, or the config file when it has no real one."""
+    first = finding.location
+    return first if first is not None and _is_file(first) else fallback
+
+
+def _shown(finding: Finding, causes: _Causes) -> _Shown:
+    calls = tuple((loc, f"{finding.rule}: applied here in forward") for loc in finding.locations[1:])
+    related = tuple((loc, f"{finding.rule}: see also") for loc in finding.related)
+    inherited = _inherited(finding)
+    if not inherited:
+        return _Shown(finding, (*calls, *related))
+    cause = causes.of(inherited)
+    at_cause = causes.line_of(cause)
+    pointer = ((at_cause, f"{cause}: where the error starts"),) if at_cause is not None else ()
+    return _Shown(_as_inherited(finding, inherited, cause), (*pointer, *calls, *related))
+
+
+def _inherited(finding: Finding) -> list[str]:
+    """The points of a degraded-layer finding when none of them fails by its own quantization.
+
+    ``isolated_failed`` (the metrics a point fails in isolation) is empty for a point whose error
+    comes from upstream; an aggregated finding counts only when every point it covers does (an
+    entry without its own ``isolated_failed`` is judged by the finding's, its representative's).
+    """
+    if finding.rule != "degraded-layer" or "isolated_failed" not in finding.evidence:
+        return []
+    own = finding.evidence["isolated_failed"]
+    entries = finding.evidence.get("aggregated") or [{"point": name} for name in finding.points]
+    if any(entry.get("isolated_failed", own) for entry in entries):
+        return []
+    return [entry["point"] for entry in entries]
+
+
+def _as_inherited(finding: Finding, points: list[str], cause: str | None) -> Finding:
+    """The finding as information whose message names the cause."""
+    ev = finding.evidence
+    source = f"from {cause}" if cause is not None else "from upstream"
+    numbers = f"cumulative SQNR {ev['cumulative_sqnr_db']:.1f} dB; its own quantization alone keeps " \
+              f"{ev['isolated_sqnr_db']:.1f} dB"
+    if len(points) == 1:
+        message = f"{points[0]} inherits its error {source} ({numbers})"
+    else:
+        others = len(points) - 1
+        message = (f"{points[0]} and {others} other point{'s' if others > 1 else ''} created at this line inherit "
+                   f"their error {source} ({points[0]}: {numbers})")
+    return dataclasses.replace(finding, severity=Severity.INFO, message=message,
+                               evidence={**ev, "inherited_from": cause})
+
+
+class _Causes:
+    """Where the error of a point that only inherits it comes from.
+
+    The point named by first-divergence when it comes earlier in execution order, else the
+    nearest earlier point that a rule naming a cause (not in ``NOT_A_CAUSE``) reports, else the
+    earliest degraded point before it.
+    """
+
+    def __init__(self, result: AnalysisResult):
+        findings = result.findings
+        self.points: dict[str, PointResult] = {p.name: p for p in result.points}
+        self.divergence = next((f.points[0] for f in findings if f.rule == "first-divergence" and f.points), None)
+        self.explained = self._by_order(n for f in findings if f.rule not in NOT_A_CAUSE for n in f.points)
+        self.degraded = self._by_order(n for f in findings if f.rule == "degraded-layer" for n in f.points)
+
+    def _by_order(self, names: Iterable[str]) -> list[str]:
+        return sorted({n for n in names if n in self.points}, key=self._order)
+
+    def _order(self, name: str) -> int:
+        return self.points[name].info.order
+
+    def of(self, group: list[str]) -> str | None:
+        """The cause of the points in ``group`` (strictly before the earliest of them)."""
+        known = [n for n in group if n in self.points]
+        if not known:
+            return None
+        start = min(self._order(n) for n in known)
+        divergence = self.divergence
+        if divergence is not None and divergence in self.points and self._order(divergence) < start:
+            return divergence
+        earlier = [n for n in self.explained if self._order(n) < start]
+        if earlier:
+            return earlier[-1]
+        return next((n for n in self.degraded if self._order(n) < start), None)
+
+    def line_of(self, name: str | None) -> Location | None:
+        """The line that creates the cause (or applies it, for a point without a creating line)."""
+        if name is None:
+            return None
+        info = self.points[name].info
+        return info.source or info.call_site
+
+
+def _merged(shown: list[_Shown], anchor: Location, rules_doc: str) -> types.Diagnostic:
+    """One diagnostic for all findings on a line: the most severe leads, the others follow."""
+    ranked = sorted(shown, key=lambda s: -s.finding.severity.rank)  # stable: ties keep the core's order
+    lead = ranked[0].finding
+    lines = [lead.message, *(f"also {s.finding.rule}: {s.finding.message}" for s in ranked[1:])]
+    related = [pair for s in ranked for pair in s.related]
+    return types.Diagnostic(
+        range=_range(anchor),
+        message="\n".join(lines),
+        severity=SEVERITIES[lead.severity],
+        code=lead.rule,
+        code_description=types.CodeDescription(href=f"{rules_doc}#{lead.rule}"),
+        source=SOURCE,
+        related_information=_related_information(related, anchor) or None,
+        data={"findings": [s.finding.to_json() for s in ranked],
+              "points": list(dict.fromkeys(n for s in ranked for n in s.finding.points))},
+    )
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def _problem_diagnostics(result: AnalysisResult | None,
+                         problems: Sequence[Problem]) -> list[tuple[str, types.Diagnostic]]:
+    """Every problem at its location and at each related one (where the fix usually goes)."""
+    unique = dict.fromkeys([*(result.problems if result is not None else []), *problems])
+    return [pair for problem in unique for pair in _problem_places(problem)]
+
+
+def _problem_places(problem: Problem) -> list[tuple[str, types.Diagnostic]]:
+    if problem.location is None or not _is_file(problem.location):
+        return []  # the server shows it as a message: there is no line to put it on
+    places = list(dict.fromkeys([problem.location, *(loc for loc in problem.related if _is_file(loc))]))
+    message = problem.message + (f"\n(hint: {problem.hint})" if problem.hint else "")
+    out = []
+    for place in places:
+        pointers = [(loc, "reported here" if loc == problem.location else "the fix may go here")
+                    for loc in places if loc != place]
+        out.append((place.file, types.Diagnostic(
+            range=_range(place),
+            message=message,
+            severity=types.DiagnosticSeverity.Error,
+            code=problem.code,
+            source=SOURCE,
+            related_information=_related_information(pointers, place) or None,
+            data={"problem": problem.to_json()},
+        )))
+    return out
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def _is_file(loc: Location) -> bool:
+    """A real file (not a pseudo-file such as ``<command line>``) that an editor can open."""
+    return Path(loc.file).is_absolute()
+
+
+def _related_information(pairs: Sequence[tuple[Location, str]], anchor: Location) -> list[types.DiagnosticRelatedInformation]:
+    """One entry per other line (first message wins); the diagnostic's own line is left out."""
+    seen = {(anchor.file, anchor.line)}
+    out = []
+    for loc, message in pairs:
+        key = (loc.file, loc.line)
+        if key in seen or not _is_file(loc):
+            continue
+        seen.add(key)
+        out.append(types.DiagnosticRelatedInformation(
+            location=types.Location(uri=from_fs_path(loc.file) or loc.file, range=_range(loc)), message=message))
+    return out
+
+
+def _range(loc: Location) -> types.Range:
+    """The line from the location's column to its end, in UTF-16 units (LSP's default encoding).
+
+    Line 0 means only the file is known: an empty range at its start. A line that cannot be
+    read gets an empty range at the column, so no client is handed an end past the text.
+    """
+    if loc.line <= 0:
+        return types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=0))
+    linecache.checkcache(loc.file)  # the file may have been edited since it was last read
+    text = linecache.getline(loc.file, loc.line).rstrip("\r\n")
+    line = loc.line - 1
+    if not text:
+        at = types.Position(line=line, character=loc.column)
+        return types.Range(start=at, end=at)
+    end = _utf16(text)
+    start = min(_utf16(text[: loc.column]), end)
+    return types.Range(start=types.Position(line=line, character=start), end=types.Position(line=line, character=end))
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
