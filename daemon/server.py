@@ -161,7 +161,7 @@ class QuantlensServer(LanguageServer):
         def on_progress(stage: str, count: int, total: int | None) -> None:
             loop.call_soon_threadsafe(self._progress, project, progress, plan, stage, count, total)
 
-        self.status(project, "analysing", percentage=0)
+        self.status(project, "analysing", percentage=0, message="starting")
         outcome = await asyncio.to_thread(self.pool.run, plan.request, on_progress, project.model_location())
         self._end_progress(progress, outcome)
         project.accept(plan, outcome)
@@ -213,7 +213,10 @@ class QuantlensServer(LanguageServer):
         """Re-diagnose ``project`` and publish its diagnostics (clearing files that have none now)."""
         snapshot = project.snapshot()
         self.snapshots[project.directory] = snapshot
-        self.indexes[project.directory] = LineIndex(snapshot.result) if snapshot.result else LineIndex(None)
+        if snapshot.result is not None:
+            self.indexes[project.directory] = LineIndex(snapshot.result)
+        else:
+            self.indexes.pop(project.directory, None)
         fallback = project.model_location()
         problems = [p if p.location is not None else Problem(p.message, fallback, p.code, p.hint, p.related)
                     for p in snapshot.problems]
@@ -275,7 +278,8 @@ class QuantlensServer(LanguageServer):
             snapshot = self.snapshots.get(project.directory)
             if project.config_file and resolved(str(project.config_file)) == target:
                 return project
-            if snapshot and snapshot.result and self.indexes[project.directory].lines_in(target):
+            index = self.indexes.get(project.directory)
+            if snapshot and snapshot.result and index is not None and index.lines_in(target):
                 return project
             if any(resolved(str(f)) == target for f in project.files):
                 return project
@@ -358,7 +362,7 @@ def build_server() -> QuantlensServer:
         path = to_fs_path(params.text_document.uri)
         project = ls.project_of(path) if path else None
         snapshot = ls.snapshots.get(project.directory) if project else None
-        if project is None or snapshot is None or snapshot.result is None:
+        if project is None or snapshot is None or snapshot.result is None or project.directory not in ls.indexes:
             return None
         plots = project.directory / REPORT_FOLDER if project.report else None
         return hover(ls.indexes[project.directory], snapshot.result, path, params.position.line, plots_dir=plots)

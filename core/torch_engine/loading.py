@@ -154,11 +154,15 @@ def required_parameters(fn: Callable[..., Any]) -> list[str]:
 def defined_at(fn: Callable[..., Any], roots: list[Path]) -> Location | None:
     """The ``def`` line of a workspace function (None for library code and for callables
     without source: a problem must not point into torch)."""
-    code = getattr(inspect.unwrap(fn), "__code__", None)
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
     if code is None or not Workspace(roots).contains(code.co_filename):
         return None
     path = Path(code.co_filename).resolve()
-    return FuncRef(path, code.co_name).definition() or Location(str(path), code.co_firstlineno)
+    top_level = getattr(fn, "__qualname__", "") == code.co_name
+    # a top-level def is located exactly as the config's FuncRef locates it (the def line, past
+    # any decorators); a nested function or a lambda by its first line
+    return (FuncRef(path, code.co_name).definition() if top_level else None) or Location(str(path), code.co_firstlineno)
 
 
 def build_model(ref: FuncRef, roots: list[Path], weights: Path | None = None,
@@ -199,8 +203,10 @@ def load_checkpoint(model: nn.Module, path: Path, location: Location | None) -> 
 
 def iterate_batches(ref: FuncRef, roots: list[Path], device: torch.device, limit: int | None = None,
                     with_labels: bool = False) -> Iterator[Batch]:
-    """Call the data function and yield checked batches on ``device``."""
-    yield from checked_batches(UserFunction.load(ref, "data function", roots), roots, device, limit, with_labels)
+    """Call the data function (the validation function ``with_labels``) and yield checked
+    batches on ``device``."""
+    role = "validation function" if with_labels else "data function"
+    yield from checked_batches(UserFunction.load(ref, role, roots), roots, device, limit, with_labels)
 
 
 def checked_batches(source: UserFunction, roots: list[Path], device: torch.device, limit: int | None = None,

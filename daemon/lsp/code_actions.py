@@ -95,13 +95,11 @@ def _config_fix(diagnostic: types.Diagnostic, finding: Finding, path: Path, text
         return None
     lines = text.split("\n")
     uri = from_fs_path(str(path))
-    title = _title(needed)
-    lsp_edits = [_lsp_edit(edit, lines) for edit in changes]
     action = types.CodeAction(
-        title=title,
+        title=_title(needed),
         kind=types.CodeActionKind.QuickFix,
         diagnostics=[diagnostic],
-        edit=types.WorkspaceEdit(changes={uri: lsp_edits}),
+        edit=types.WorkspaceEdit(changes={uri: [_lsp_edit(edit, lines) for edit in changes]}),
     )
     return ("config", uri, tuple(changes)), action
 
@@ -109,10 +107,12 @@ def _config_fix(diagnostic: types.Diagnostic, finding: Finding, path: Path, text
 def _ignore(diagnostic: types.Diagnostic, finding: Finding,
             read_source: ReadSource) -> tuple[tuple, types.CodeAction] | None:
     """``# quantlens: ignore[rule]`` on the diagnostic's line, in the file of the finding's
-    location on that line (the suppression reader looks only at those lines)."""
+    location on that line (the suppression reader looks only at the finding's lines), else of
+    its first location: a diagnostic that follows unsaved edits has moved off the line the
+    analysis recorded, and the next analysis records the line it moved to."""
     line = diagnostic.range.start.line
-    location = _location_on_line(finding, line + 1)
-    if location is None:
+    location = _location_on_line(finding, line + 1) or finding.location
+    if location is None or location.line <= 0:
         return None
     lines = read_source(location.file)
     if lines is None or line >= len(lines):

@@ -21,6 +21,7 @@ from pygls.uris import from_fs_path
 from quantlens.core.diagnosis import NOT_A_CAUSE
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding, Severity
+from quantlens.core.rediagnose import ESTIMATE_NOTE
 from quantlens.core.result import AnalysisResult, PointResult
 
 SOURCE = "quantlens"
@@ -54,7 +55,7 @@ def to_diagnostics(result: AnalysisResult | None, problems: Sequence[Problem], *
     """
     published: dict[str, list[types.Diagnostic]] = {}
     for file, diagnostic in [*_finding_diagnostics(result, rules_doc), *_problem_diagnostics(result, problems)]:
-        if _RANKS[diagnostic.severity or types.DiagnosticSeverity.Error] >= min_severity.rank:
+        if _RANKS.get(diagnostic.severity, Severity.ERROR.rank) >= min_severity.rank:  # type: ignore[arg-type]
             published.setdefault(file, []).append(diagnostic)
     for diagnostics in published.values():
         diagnostics.sort(key=lambda d: (d.range.start.line, d.range.start.character))
@@ -113,7 +114,8 @@ def _inherited(finding: Finding) -> list[str]:
 
 
 def _as_inherited(finding: Finding, points: list[str], cause: str | None) -> Finding:
-    """The finding as information whose message names the cause."""
+    """The finding as information whose message names the cause (and still says so when its
+    numbers are estimates: the core's note is kept)."""
     ev = finding.evidence
     source = f"from {cause}" if cause is not None else "from upstream"
     numbers = f"cumulative SQNR {ev['cumulative_sqnr_db']:.1f} dB; its own quantization alone keeps " \
@@ -124,6 +126,8 @@ def _as_inherited(finding: Finding, points: list[str], cause: str | None) -> Fin
         others = len(points) - 1
         message = (f"{points[0]} and {others} other point{'s' if others > 1 else ''} created at this line inherit "
                    f"their error {source} ({points[0]}: {numbers})")
+    if ev.get("estimate"):
+        message += ESTIMATE_NOTE
     return dataclasses.replace(finding, severity=Severity.INFO, message=message,
                                evidence={**ev, "inherited_from": cause})
 
@@ -229,7 +233,8 @@ def _is_file(loc: Location) -> bool:
     return Path(loc.file).is_absolute()
 
 
-def _related_information(pairs: Sequence[tuple[Location, str]], anchor: Location) -> list[types.DiagnosticRelatedInformation]:
+def _related_information(pairs: Sequence[tuple[Location, str]],
+                         anchor: Location) -> list[types.DiagnosticRelatedInformation]:
     """One entry per other line (first message wins); the diagnostic's own line is left out."""
     seen = {(anchor.file, anchor.line)}
     out = []

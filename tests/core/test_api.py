@@ -47,7 +47,9 @@ def test_analyze_with_a_factory_gives_the_clis_findings(deit) -> None:
     assert len(cli.findings) > 5
     assert _findings(api) == _findings(cli)
     assert [(p.name, p.info.source) for p in api.points] == [(p.name, p.info.source) for p in cli.points]
-    assert api.data_source == cli.data_source and api.data_source.line == 14  # def calibration_batches
+    def_line = next(i for i, line in enumerate((DEIT / "data.py").read_text().splitlines(), 1)
+                    if line.startswith("def calibration_batches("))
+    assert api.data_source == cli.data_source and api.data_source.line == def_line
 
 
 def test_calibrate_with_a_factory_records_the_constructor_lines(deit) -> None:
@@ -96,7 +98,11 @@ def exits():
 
 
 def _line(marker: str) -> int:
-    return next(i for i, line in enumerate(TINY.splitlines(), 1) if line.endswith(f"# @{marker}"))
+    return _line_of(f"# @{marker}")
+
+
+def _line_of(text: str) -> int:
+    return next(i for i, line in enumerate(TINY.splitlines(), 1) if text in line)
 
 
 @pytest.fixture()
@@ -116,8 +122,7 @@ def test_a_factory_puts_points_on_constructor_lines_a_module_on_forward_lines(ti
     # both are diagnosed: 16 samples is a dataset-size warning, shown on the data function's def line
     for result in (from_factory, from_module):
         sizes = [f for f in result.findings if f.rule == "dataset-size"]
-        assert [(loc.file, loc.line) for f in sizes for loc in f.locations] == [(str(path), TINY.splitlines().index(
-            "def batches():") + 1)]
+        assert [(loc.file, loc.line) for f in sizes for loc in f.locations] == [(str(path), _line_of("def batches():"))]
 
 
 def test_faults_in_user_code_raise_located_problems(tiny) -> None:
@@ -126,7 +131,7 @@ def test_faults_in_user_code_raise_located_problems(tiny) -> None:
         analyze(module.build_with, module.batches)
     [problem] = info.value.problems
     assert problem.message == "model factory build_with() needs arguments (width); it must be callable with none"
-    assert (problem.location.file, problem.location.line) == (str(path), TINY.splitlines().index("def build_with(width):") + 1)
+    assert (problem.location.file, problem.location.line) == (str(path), _line_of("def build_with(width):"))
 
     with pytest.raises(QuantlensError) as info:
         calibrate(module.build, module.exits)
@@ -138,3 +143,18 @@ def test_faults_in_user_code_raise_located_problems(tiny) -> None:
         analyze(module.build(), [torch.ones(2, 4), "text"])
     [problem] = info.value.problems
     assert problem.message == "calibration data: batch 1 holds a str and no tensor"
+
+
+def test_validation_data_goes_through_the_same_checks(tiny) -> None:
+    module, _ = tiny
+    model = module.build()
+    inputs = module.batches()
+    with torch.no_grad():
+        labelled = [(x, model(x).argmax(1)) for x in inputs]
+    result = analyze(model, inputs, validation=lambda: labelled)
+    assert result.output.float_eval["accuracy"] == 1.0  # the labels are the float model's own predictions
+    assert result.validation is not None and result.validation.num_samples == 16
+    with pytest.raises(QuantlensError) as info:
+        analyze(model, inputs, validation=inputs)  # no labels
+    [problem] = info.value.problems
+    assert problem.message == "validation data: validation batch 0 must be an (inputs, labels) pair, got Tensor"

@@ -278,7 +278,8 @@ def test_an_exception_whose_str_raises_still_gives_a_message(tmp_path, function,
 
 
 def test_sys_exit_at_import_in_the_factory_and_in_the_data(tmp_path):
-    path = _write(tmp_path, "net.py", "import sys\n" + NET.replace("from torch import nn\n", "from torch import nn\nsys.exit(3)  # @exit\n"))
+    text = "import sys\n" + NET.replace("from torch import nn\n", "from torch import nn\nsys.exit(3)  # @exit\n")
+    path = _write(tmp_path, "net.py", text)
     problem = _problem(build_model, FuncRef(path, "build", KEY), [tmp_path])
     assert problem.message == "importing net.py called sys.exit(3)" and problem.code == "user-code"
     assert problem.location == Location(str(path), _line(path.read_text(), "@exit"))
@@ -289,14 +290,16 @@ def test_sys_exit_at_import_in_the_factory_and_in_the_data(tmp_path):
     assert problem.location == Location(str(path), _line(path.read_text(), "@exit"))
     assert [r.line for r in problem.related] == [_line(path.read_text(), "def build")]
 
-    data = _write(tmp_path, "data.py", "import sys\n" + DATA.replace('    raise OSError("disk gone")', "    sys.exit()  # @exit"))
+    text = "import sys\n" + DATA.replace('    raise OSError("disk gone")', "    sys.exit()  # @exit")
+    data = _write(tmp_path, "data.py", text)
     problem = _problem(iterate_batches, FuncRef(data, "fails_later", KEY), [tmp_path], torch.device("cpu"))
     assert problem.message == "data function fails_later() while producing batch 1 called sys.exit()"
     assert problem.location == Location(str(data), _line(data.read_text(), "@exit"))
 
 
 def test_sys_exit_in_forward_is_located_and_names_the_batch(tmp_path):
-    text = "import sys\n" + NET.replace("        return self.fc(x)", "        if x.sum() > 100:\n            sys.exit(3)  # @exit\n        return self.fc(x)")
+    exits = "        if x.sum() > 100:\n            sys.exit(3)  # @exit\n        return self.fc(x)"
+    text = "import sys\n" + NET.replace("        return self.fc(x)", exits)
     path = _write(tmp_path, "net.py", text)
     model, sites = build_model(FuncRef(path, "build"), [tmp_path])
     batches = [torch.ones(2, 4), torch.full((2, 4), 20.0)]

@@ -452,6 +452,19 @@ def test_identical_actions_are_offered_once_for_every_diagnostic(hand_made) -> N
     assert actions[1].diagnostics == [twice[0]]
 
 
+def test_ignore_follows_a_diagnostic_moved_by_unsaved_edits(tmp_path: Path, hand_made) -> None:
+    _, model, diagnostics = hand_made
+    lines = ["# a line typed above, not yet saved", *_reader(str(model))]
+    moved = diagnostics[1].data["findings"]
+    (action,) = code_actions([_diagnostic([Finding.from_json(f) for f in moved], 4)], config_path=None,
+                             config_text=None, config_table=None, read_source=lambda path: lines)
+    (edit,) = action.edit.changes[from_fs_path(str(model))]
+    assert edit.range.start.line == 3
+    fixed = _apply_lsp("\n".join(lines), [edit]).split("\n")
+    assert fixed[3] == 'label = "😀"  # quantlens: ignore[shift-negative]'
+    assert _is_suppressed(tmp_path / "saved.py", fixed, 3, "shift-negative")
+
+
 def test_other_diagnostics_and_unreadable_files_give_nothing(hand_made) -> None:
     config, _, diagnostics = hand_made
     foreign = types.Diagnostic(range=diagnostics[0].range, message="E501", source="ruff", data=None)

@@ -23,6 +23,7 @@ from quantlens.core.config import load_config
 from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding, Severity
+from quantlens.core.rediagnose import ESTIMATE_NOTE
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.daemon.lsp.diagnostics import to_diagnostics
 
@@ -164,7 +165,8 @@ def test_the_divergence_point_itself_inherits_from_the_nearest_earlier_cause(
 
 def test_aggregated_inherited_findings_name_their_cause(results: dict[str, AnalysisResult]) -> None:
     result = results["per_tensor_weights"]
-    group = next(f for f in result.findings if f.rule == "degraded-layer" and f.points == ("blocks.2.dw", "blocks.3.dw"))
+    group = next(f for f in result.findings
+                 if f.rule == "degraded-layer" and f.points == ("blocks.2.dw", "blocks.3.dw"))
     assert [e["point"] for e in group.evidence["aggregated"]] == ["blocks.2.dw", "blocks.3.dw"]
     assert not _fails_alone(result.point("blocks.2.dw"))
     cause = result.point("blocks.1.project")  # first-divergence, before both
@@ -192,6 +194,19 @@ def test_a_group_with_a_point_failing_alone_stays_a_warning(results: dict[str, A
     assert d.severity == types.DiagnosticSeverity.Warning and d.message == base.message
 
 
+def test_an_estimated_inherited_layer_still_says_it_is_an_estimate(results: dict[str, AnalysisResult]) -> None:
+    result = results["deit_tiny"]
+    fc1 = next(f for f in result.findings if f.rule == "degraded-layer" and f.points == ("blocks.2.mlp.fc1",))
+    estimated = dataclasses.replace(fc1, message=fc1.message + ESTIMATE_NOTE,
+                                    evidence={**fc1.evidence, "estimate": True})
+    findings = [estimated if f is fc1 else f for f in result.findings]
+    d = _at(_convert(dataclasses.replace(result, findings=findings)), fc1.locations[0].file, fc1.locations[0].line)
+    first = d.message.splitlines()[0]
+    assert first.startswith("blocks.2.mlp.fc1 inherits its error from blocks.2.norm1 (")
+    assert first.endswith(ESTIMATE_NOTE)
+    assert d.data["findings"][0]["evidence"]["estimate"] is True
+
+
 def test_findings_sharing_a_line_merge_ties_keep_the_core_order(results: dict[str, AnalysisResult]) -> None:
     result = results["per_tensor_weights"]
     project = result.point("blocks.1.project").info.source
@@ -211,7 +226,8 @@ def test_min_severity_filters_after_merging(results: dict[str, AnalysisResult]) 
     result = results["deit_tiny"]
     everything = [d for ds in _convert(result).values() for d in ds]
     warnings = [d for ds in _convert(result, min_severity=Severity.WARNING).values() for d in ds]
-    warned_lines = [g for g in _by_line(result).values() if any(f.rule != "degraded-layer" for f in g if f.severity.rank)]
+    warned_lines = [g for g in _by_line(result).values()
+                    if any(f.rule != "degraded-layer" for f in g if f.severity.rank)]
     assert len(everything) == len(_by_line(result)) and len(warnings) == len(warned_lines) < len(everything)
     assert [d.message for d in warnings] == [d.message for d in everything
                                              if d.severity == types.DiagnosticSeverity.Warning]
@@ -225,7 +241,8 @@ def test_ranges_use_the_column_utf16_and_empty_ranges_for_unreadable_lines(
     source.write_text("x = 1\n    y = 'é😀'\n", encoding="utf-8")
     missing = tmp_path / "gone.py"
     findings = [Finding("activation-product", Severity.INFO, "on a wide line", ("p",), (Location(str(source), 2, 4),)),
-                Finding("activation-product", Severity.INFO, "on a missing file", ("p",), (Location(str(missing), 5, 3),)),
+                Finding("activation-product", Severity.INFO, "on a missing file", ("p",),
+                        (Location(str(missing), 5, 3),)),
                 Finding("activation-product", Severity.INFO, "file only", ("p",), (Location(str(source)),))]
     diagnostics = _convert(dataclasses.replace(results["clean_mlp"], findings=findings))
     wide, file_only = sorted(diagnostics[str(source)], key=lambda d: d.range.start.line, reverse=True)

@@ -1,0 +1,139 @@
+"""The language server end to end, through a real LSP client over stdio (pytest-lsp).
+
+One server per test on a private copy of fixtures/two_branch_concat; the expected lines and
+numbers come from the fixture's own markers and from a fresh analysis, not from constants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pygls.uris import from_fs_path
+from pytest_lsp import LanguageClient
+from pytest_lsp.client import make_test_lsp_client
+
+from tests.daemon.lsp_session import SERVER, copy_fixture, diagnostics, line_of, save, start, until
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def client(lsp_client: LanguageClient):
+    yield
+    await lsp_client.shutdown_session()
+
+
+def _codes(diags: list[types.Diagnostic]) -> set[str]:
+    return {str(d.code) for d in diags}
+
+
+async def _first_diagnostics(client: LanguageClient, root: Path, **options) -> tuple:
+    recorder = await start(client, root, options)
+    model = root / "model.py"
+    await until(lambda: diagnostics(client, model), 120, "the first diagnostics")
+    await until(lambda: recorder.states() and recorder.states()[-1] == "up to date", 60, "up to date")
+    return recorder, model
+
+
+async def test_diagnostics_on_the_layer_lines_with_codes_and_links(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    by_line = {d.range.start.line: d for d in diagnostics(client, model)}
+    cat = by_line[line_of(model, "# @cat")]
+    assert cat.code == "unbalanced-concat" and cat.source == "quantlens"
+    assert cat.severity == types.DiagnosticSeverity.Warning
+    assert cat.code_description.href.endswith("rules.md#unbalanced-concat")
+    assert "also outliers-iqr" in cat.message  # two findings on one line: one diagnostic
+    assert cat.message.splitlines()[0].startswith("cat_0 concatenates inputs whose ranges differ")
+    rules_doc = Path(cat.code_description.href.split("#")[0].removeprefix("file://"))
+    assert "## unbalanced-concat" in rules_doc.read_text(encoding="utf-8")
+    # the server asked for file events and reported its state
+    assert any(r.method == types.WORKSPACE_DID_CHANGE_WATCHED_FILES for r in recorder.registrations)
+    assert "analysing" in recorder.states()
+    # hover, inlay hints and code actions on that line
+    hover = await client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri=from_fs_path(str(model))),
+        position=types.Position(line=line_of(model, "# @cat"), character=8)))
+    assert hover is not None and "cat_0" in hover.contents.value
+    hints = await client.text_document_inlay_hint_async(types.InlayHintParams(
+        text_document=types.TextDocumentIdentifier(uri=from_fs_path(str(model))),
+        range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+    assert any(h.position.line == line_of(model, "# @cat") and "int8" in str(h.label) for h in hints)
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=from_fs_path(str(model))), range=cat.range,
+        context=types.CodeActionContext(diagnostics=[cat])))
+    titles = [a.title for a in actions]
+    assert any("ignore unbalanced-concat" in t for t in titles), titles
+
+
+async def test_config_edit_rediagnoses_before_the_worker_measures(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    config = root / "quantlens.toml"
+    before = len(recorder.status)
+    save(client, config, config.read_text() + "activation_error_method = \"NOCLIPPING\"\n")
+    # the estimate comes first (state "stale", no worker progress yet), then the measurement
+    first = await until(lambda: next((s for s in recorder.status[before:] if s["state"] in ("stale", "up to date")),
+                                     None), 30, "re-diagnosis")
+    assert first["state"] == "stale"
+    assert any("estimated from statistics" in d.message for d in diagnostics(client, model) if d.code == "degraded-layer") \
+        or all(d.code != "degraded-layer" for d in diagnostics(client, model))
+    await until(lambda: recorder.status[-1]["state"] == "up to date", 120, "the worker's measurement")
+    assert not any("estimated" in d.message for d in diagnostics(client, model))
+
+
+async def test_a_burst_of_saves_gives_one_run(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    source = model.read_text()
+    before = len(recorder.status)
+    for i in range(20):
+        save(client, model, source + f"\n# edit {i}\n")
+        await asyncio.sleep(0.01)
+    await until(lambda: recorder.status[-1]["state"] == "up to date" and len(recorder.status) > before, 120, "rerun")
+    await asyncio.sleep(1.0)
+    starts = [s for s in recorder.status[before:] if s["state"] == "analysing" and s["message"] == "starting"]
+    assert len(starts) == 1, recorder.status[before:]
+
+
+async def test_restart_with_a_warm_cache_needs_no_worker(tmp_path: Path) -> None:
+    """A second server on the same folder publishes from the cache before any worker runs."""
+    root = copy_fixture(tmp_path)
+    for attempt in range(2):
+        client = make_test_lsp_client()
+        await client.start_io(*SERVER.server_command)
+        try:
+            recorder = await start(client, root)
+            model = root / "model.py"
+            await until(lambda: diagnostics(client, model), 120, "diagnostics")
+            if attempt == 1:
+                first = next(s for s in recorder.status if s["state"] in ("up to date", "stale", "failed"))
+                assert first["state"] == "up to date"
+                assert "analysing" not in recorder.states()
+        finally:
+            await client.shutdown_session()
+            await client.stop()
+
+
+async def test_corrupt_cache_is_recomputed(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    cache = root / ".quantlens" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "junk.qlc").write_bytes(b"\x00not msgpack")
+    recorder, model = await _first_diagnostics(client, root)
+    assert any(d.code == "unbalanced-concat" for d in diagnostics(client, model))
+
+
+def test_server_process_never_imports_torch() -> None:
+    code = ("import sys; import quantlens.daemon.server, quantlens.daemon.cli; "
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert json.loads(out.stdout) == []
+
