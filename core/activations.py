@@ -9,7 +9,9 @@ statistics that the diagnosis rules read.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from quantlens.core.metrics import sqnr_from_sums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo, PointStats
 from quantlens.core.thresholds import ErrorMethod, SearchResult, search_all
+
+T = TypeVar("T")
 
 IQR_FENCE = 1.5
 """Tukey's fence: values beyond 1.5 * IQR outside the quartiles are outliers."""
@@ -112,7 +116,7 @@ class SearchMemo:
 
     def __init__(self) -> None:
         self._summaries: dict[str, _Summary] = {}
-        self._searches: dict[tuple, tuple[dict[ErrorMethod, SearchResult], dict[str, float]]] = {}
+        self._searches: dict[tuple, Any] = {}
         self._stats: dict[str, PointStats] = {}
 
     def summary(self, name: str, stats: PointStats) -> _Summary:
@@ -130,6 +134,20 @@ class SearchMemo:
                              nonzero.mass_outside(q1 - IQR_FENCE * iqr, q3 + IQR_FENCE * iqr))
             self._summaries[name] = found
         return found
+
+    def __len__(self) -> int:
+        """How many searches are kept (tests check that an edit searched only what changed)."""
+        return len(self._searches)
+
+    def cached(self, stats: PointStats, key: tuple, compute: Callable[[], T]) -> T:
+        """Any other search of one point's statistics (the rules' re-searches), under ``key``
+        (whose first item is the point's name)."""
+        self.summary(key[0], stats)  # drops entries of another calibration
+        if key not in self._searches:
+            if len(self._searches) >= self.MAX_ENTRIES:
+                self._searches.clear()
+            self._searches[key] = compute()
+        return self._searches[key]
 
     def search(self, name: str, dist: Distribution, n_bits: int, settings: QuantSettings, shift: float,
                methods: tuple[ErrorMethod, ...]) -> tuple[dict[ErrorMethod, SearchResult], dict[str, float]]:

@@ -68,6 +68,7 @@ def rediagnose(calibration: CalibrationResult, config: ProjectConfig, measuremen
                memo: SearchMemo | None = None, timings: dict[str, float] | None = None) -> AnalysisResult:
     """The findings ``quantlens check`` gives for ``config``, from cached statistics and the
     last measurements (numpy only)."""
+    memo = memo if memo is not None else SearchMemo()
     result = assemble(calibration, config.settings, measurements, memo)
     result.timings = dict(timings or {})
     result.problems.extend(unmatched_overrides(config, result))
@@ -77,7 +78,7 @@ def rediagnose(calibration: CalibrationResult, config: ProjectConfig, measuremen
     result.model = _ref_text(config.model, config.root)
     result.data = _ref_text(config.data, config.root)
     result.config_file = str(config.config_file) if config.config_file else None
-    findings = diagnose(result, config.diagnosis, config.ignore)
+    findings = diagnose(result, config.diagnosis, config.ignore, memo)
     stale = set(MEASURED_RULES) if result.estimated else set()
     if not measurements.weights_current_for(config.settings):
         stale |= WEIGHT_RULES

@@ -13,6 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from quantlens.core.activations import SearchMemo
 from quantlens.core.diagnosis import rules_data, rules_error, rules_range, rules_weights
 from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.diagnosis.context import Context
@@ -53,8 +54,10 @@ _IGNORE = re.compile(r"#\s*quantlens:\s*ignore(?:\[([^\]]*)\])?")
 
 
 def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
-             ignore: Iterable[str] = ()) -> list[Finding]:
-    ctx = Context(result, settings or DiagnosisSettings())
+             ignore: Iterable[str] = (), memo: SearchMemo | None = None) -> list[Finding]:
+    """Every rule's findings, suppressions applied, merged per line. ``memo`` keeps the rules'
+    threshold re-searches of this calibration for the next call (a config edit)."""
+    ctx = Context(result, settings or DiagnosisSettings(), memo)
     findings: list[Finding] = []
     for rule in RULE_ORDER:
         findings.extend(rule(ctx))

@@ -2,32 +2,70 @@
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
-from quantlens.core.activations import predicted_sqnr
+import numpy as np
+
+from quantlens.core.activations import SearchMemo, predicted_sqnr
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.distribution import Distribution
 from quantlens.core.errors import Location
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.core.stats import PointStats
+from quantlens.core.thresholds import search_threshold
+
+FAR_OUT_IQR = 3.0
+"""Tukey's far-out fences: the bulk is [q1 - 3 IQR, q3 + 3 IQR]."""
 
 
 class Context:
-    def __init__(self, result: AnalysisResult, settings: DiagnosisSettings):
+    def __init__(self, result: AnalysisResult, settings: DiagnosisSettings, memo: SearchMemo | None = None):
         self.result = result
         self.settings = settings
         self.points = result.points
-        self._dist: dict[str, Distribution] = {}
+        self.memo = memo if memo is not None else SearchMemo()
         self.degraded: set[str] = set()
 
     def stats(self, p: PointResult) -> PointStats:
         return self.result.calibration.stats[p.name]
 
     def dist(self, p: PointResult) -> Distribution:
-        if p.name not in self._dist:
-            self._dist[p.name] = self.stats(p).distribution()
-        return self._dist[p.name]
+        return self.part(p, "all")
+
+    def part(self, p: PointResult, part: str) -> Distribution:
+        """A point's values: "all", one calibration half ("half0", "half1"), or the "bulk"
+        inside Tukey's far-out fences [q1 - 3 IQR, q3 + 3 IQR] (not mean +- Z sigma: a few
+        massive channels inflate sigma so much that the "bulk" would be the outliers
+        themselves). Settings-independent, so memoised across edits."""
+        stats = self.stats(p)
+        if part == "all":
+            return self.memo.summary(p.name, stats).dist
+        if part in ("half0", "half1"):
+            return self.memo.cached(stats, (p.name, "part", part), lambda: stats.distribution(int(part[-1])))
+        if part == "bulk":
+            def bulk() -> Distribution:
+                dist = self.dist(p)
+                q1, q3 = dist.quantile(np.array([0.25, 0.75]))
+                iqr = float(q3 - q1)
+                return dist.restrict(float(q1) - FAR_OUT_IQR * iqr, float(q3) + FAR_OUT_IQR * iqr)
+
+            return self.memo.cached(stats, (p.name, "part", part), bulk)
+        raise KeyError(part)
+
+    def search(self, p: PointResult, part: str, *, z_threshold: float, signed: bool | None, shift: float) -> float:
+        """The configured method's threshold over one part of a point's values, with the given
+        z_threshold and shift: the one re-search every rule uses, memoised across edits."""
+        s = self.result.settings
+        key = (p.name, "search", part, s.activation_error_method, p.activation.n_bits, s.l_p_value, z_threshold,
+               s.power_of_two_thresholds, signed, shift)
+
+        def compute() -> float:
+            dist = self.part(p, part)
+            return search_threshold(dist.shifted(shift) if shift else dist, s.activation_error_method,
+                                    p.activation.n_bits, l_p_value=s.l_p_value, z_threshold=z_threshold,
+                                    power_of_two=s.power_of_two_thresholds, signed=signed).threshold
+
+        return self.memo.cached(self.stats(p), key, compute)
 
     def locations(self, p: PointResult) -> tuple[Location, ...]:
         found = [loc for loc in (p.info.source, p.info.call_site) if loc is not None]
@@ -39,9 +77,15 @@ class Context:
             return 0.0
         return max((a.max - a.mean) / a.std, (a.mean - a.min) / a.std)
 
-    def sqnr_at(self, p: PointResult, threshold: float, dist: Distribution | None = None) -> float:
+    def sqnr_at(self, p: PointResult, threshold: float, part: str = "all", *, signed: bool | None = None,
+                shift: float | None = None) -> float:
+        """Predicted SQNR of one part of a point's values at ``threshold`` (memoised)."""
         a = p.activation
-        return predicted_sqnr(dist or self.dist(p), threshold, a.n_bits, a.signed, a.shift)
+        signed = a.signed if signed is None else signed
+        shift = a.shift if shift is None else shift
+        key = (p.name, "sqnr", part, threshold, a.n_bits, signed, shift)
+        return self.memo.cached(self.stats(p), key,
+                                lambda: predicted_sqnr(self.part(p, part), threshold, a.n_bits, signed, shift))
 
     @cached_property
     def quantized(self) -> list[PointResult]:
@@ -51,5 +95,3 @@ class Context:
     def by_name(self) -> dict[str, PointResult]:
         return {p.name: p for p in self.points}
 
-    def fmt_db(self, value: float) -> str:
-        return "inf" if math.isinf(value) else f"{value:.1f} dB"

@@ -7,7 +7,7 @@ import numpy as np
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import mct
 from quantlens.core.findings import Finding, Recommendation, Severity
-from quantlens.core.thresholds import ErrorMethod, search_threshold
+from quantlens.core.thresholds import ErrorMethod
 
 DEGENERATE_RATIO = 2.0**-8
 """A threshold 256x below the data's range is the signature of MCT 2.6.1's degenerate KL."""
@@ -57,14 +57,11 @@ def dataset_size(ctx: Context) -> list[Finding]:
         s = ctx.stats(p)
         if s.counts[0].sum() == 0 or s.counts[1].sum() == 0:
             continue
-        halves = [s.distribution(h) for h in (0, 1)]
         a = p.activation
-        t = [search_threshold(d.shifted(a.shift) if a.shift else d, settings.activation_error_method, a.n_bits,
-                              l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
-                              power_of_two=settings.power_of_two_thresholds, signed=a.signed).threshold for d in halves]
+        t = [ctx.search(p, f"half{h}", z_threshold=settings.z_threshold, signed=a.signed, shift=a.shift) for h in (0, 1)]
         if t[0] == t[1]:
             continue
-        cost = max(ctx.sqnr_at(p, t[h], halves[h]) - ctx.sqnr_at(p, t[1 - h], halves[h]) for h in (0, 1))
+        cost = max(ctx.sqnr_at(p, t[h], f"half{h}") - ctx.sqnr_at(p, t[1 - h], f"half{h}") for h in (0, 1))
         if cost > UNSTABLE_COST_DB:
             unstable.append((p, t, cost))
     share = len(unstable) / max(len(ctx.quantized), 1)

@@ -10,13 +10,11 @@ import math
 
 import numpy as np
 
-from quantlens.core.activations import SHIFT_NEGATIVE_ACTIVATIONS, predicted_sqnr, shift_for
+from quantlens.core.activations import SHIFT_NEGATIVE_ACTIVATIONS, shift_for
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import keep_wide, mct
-from quantlens.core.distribution import Distribution
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
-from quantlens.core.thresholds import search_threshold
 
 BULK_GAIN_DB = 12.0
 """An outlier finding needs the bulk to gain two power-of-two steps (12 dB) from clipping."""
@@ -24,21 +22,7 @@ BULK_FLOOR_BITS = 4
 """...and the bulk must be left with less than a 4-bit quantizer's SQNR (6.02 * 4 dB)."""
 ACCEPTABLE_LOSS_DB = 6.0
 """A z_threshold is recommended only when all values together lose at most this much."""
-FAR_OUT_IQR = 3.0
-"""Tukey's far-out fences: the bulk is [q1 - 3 IQR, q3 + 3 IQR]."""
 NORM_INPUT_Z = 10.0
-
-
-def _bulk(ctx: Context, p: PointResult) -> Distribution:
-    """The values inside Tukey's far-out fences.
-
-    Not mean +- Z sigma: a few massive channels inflate sigma so much that most of their
-    values fall inside Z sigma, and the "bulk" would be the outliers themselves.
-    """
-    dist = ctx.dist(p)
-    q1, q3 = dist.quantile(np.array([0.25, 0.75]))
-    iqr = float(q3 - q1)
-    return dist.restrict(float(q1) - FAR_OUT_IQR * iqr, float(q3) + FAR_OUT_IQR * iqr)
 
 
 def outliers_zscore(ctx: Context) -> list[Finding]:
@@ -51,16 +35,14 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
             continue
         a = p.activation
         dist = ctx.dist(p)
-        bulk = _bulk(ctx, p)
+        bulk = ctx.part(p, "bulk")
         current_all = a.predicted_sqnr_db
-        current_bulk = ctx.sqnr_at(p, a.threshold, bulk)
+        current_bulk = ctx.sqnr_at(p, a.threshold, "bulk")
         searched = dist.shifted(a.shift) if a.shift else dist
         table = []
         for z in ctx.settings.candidate_z_thresholds:
-            t = search_threshold(searched, settings.activation_error_method, a.n_bits, l_p_value=settings.l_p_value,
-                                 z_threshold=z, power_of_two=settings.power_of_two_thresholds,
-                                 signed=a.signed).threshold
-            table.append({"z": z, "threshold": t, "sqnr_db": ctx.sqnr_at(p, t), "bulk_sqnr_db": ctx.sqnr_at(p, t, bulk),
+            t = ctx.search(p, "all", z_threshold=z, signed=a.signed, shift=a.shift)
+            table.append({"z": z, "threshold": t, "sqnr_db": ctx.sqnr_at(p, t), "bulk_sqnr_db": ctx.sqnr_at(p, t, "bulk"),
                           "clipped_fraction": searched.mass_outside(-t if a.signed else 0.0, t)})
         best_any = max(table, key=lambda row: (row["bulk_sqnr_db"], row["z"]))
         if best_any["bulk_sqnr_db"] - current_bulk < BULK_GAIN_DB or current_bulk >= 6.02 * BULK_FLOOR_BITS:
@@ -143,11 +125,8 @@ def shift_negative(ctx: Context) -> list[Finding]:
         if -a.min > 0.25 * a.max:
             continue  # a large negative part is a real signed range, not a tail
         shift = shift_for(p.info, a.min)
-        shifted = ctx.dist(p).shifted(shift)
-        t = search_threshold(shifted, settings.activation_error_method, a.n_bits, l_p_value=settings.l_p_value,
-                             z_threshold=settings.z_threshold, power_of_two=settings.power_of_two_thresholds,
-                             signed=False).threshold
-        after = predicted_sqnr(ctx.dist(p), t, a.n_bits, False, shift)
+        t = ctx.search(p, "all", z_threshold=settings.z_threshold, signed=False, shift=shift)
+        after = ctx.sqnr_at(p, t, signed=False, shift=shift)
         gain = after - a.predicted_sqnr_db
         if gain < ctx.settings.shift_negative_min_gain_db:
             continue

@@ -1,0 +1,97 @@
+"""The torch-free re-diagnosis (core/rediagnose.py) against fresh full runs of fixtures/deit_tiny.
+
+The independent answer is always a fresh analysis (calibration and simulation in torch) of
+the same inputs under the new settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from quantlens.core.activations import SearchMemo
+from quantlens.core.config import ProjectConfig, load_config
+from quantlens.core.measurements import Measurements
+from quantlens.core.rediagnose import ESTIMATE_NOTE, MEASURED_RULES, rediagnose
+from quantlens.core.stats import CalibrationResult
+
+DEIT = Path(__file__).resolve().parents[2] / "fixtures" / "deit_tiny"
+
+
+@pytest.fixture(scope="module")
+def deit() -> tuple[ProjectConfig, CalibrationResult, Measurements]:
+    from quantlens.core.torch_engine.pipeline import measure_project
+
+    config = load_config(DEIT)
+    calibration, measurements, _ = measure_project(config)
+    return config, calibration, measurements
+
+
+def _with(config: ProjectConfig, **changes) -> ProjectConfig:
+    return dataclasses.replace(config, settings=config.settings.with_changes(**changes))
+
+
+def _degraded(result) -> set[str]:
+    return {n for f in result.findings if f.rule == "degraded-layer" for n in f.points}
+
+
+def test_measurements_round_trip_through_msgpack_give_the_fresh_findings(deit) -> None:
+    from quantlens.core.torch_engine.pipeline import analyze_project
+
+    config, calibration, measurements = deit
+    decoded = rediagnose(CalibrationResult.from_msgpack(calibration.to_msgpack()), config,
+                         Measurements.from_msgpack(measurements.to_msgpack()))
+    fresh = analyze_project(config)
+    assert [f.to_json() for f in decoded.findings] == [f.to_json() for f in fresh.findings]
+    assert not decoded.estimated and len(decoded.findings) > 10
+
+
+def test_stale_measurements_are_estimated_and_say_so(deit) -> None:
+    """z_threshold inf -> 9: judging with the old errors flags and misses layers; the estimate
+    from the statistics errs less, finds where the damage starts, and is marked."""
+    from quantlens.core.torch_engine.pipeline import analyze_project
+
+    config, calibration, measurements = deit
+    edited = _with(config, z_threshold=9.0)
+    truth = _degraded(analyze_project(edited))
+    estimate = rediagnose(calibration, edited, measurements)
+    reused = rediagnose(calibration, edited, dataclasses.replace(measurements, settings=edited.settings))
+    assert estimate.estimated and not reused.estimated
+    errors = lambda found: len(found ^ truth)  # noqa: E731 - wrongly flagged plus missed
+    assert errors(_degraded(estimate)) < errors(_degraded(reused))
+    assert not truth - _degraded(estimate)  # no degraded layer is missed
+    first = [f.points for f in estimate.findings if f.rule == "first-divergence"]
+    fresh_first = [f.points for f in analyze_project(edited).findings if f.rule == "first-divergence"]
+    assert first == fresh_first
+    for f in estimate.findings:
+        assert (f.rule in MEASURED_RULES) == bool(f.evidence.get("estimate"))
+        assert f.message.endswith(ESTIMATE_NOTE) == (f.rule in MEASURED_RULES)
+    assert estimate.to_json(with_curves=False)["estimated"] is True
+
+
+def test_the_memo_searches_only_what_an_edit_changed(deit) -> None:
+    """The server's fast path: re-diagnosing the same settings searches nothing again, and
+    switching back to settings seen before (z_threshold 9 -> inf) searches nothing either."""
+    config, calibration, measurements = deit
+    memo = SearchMemo()
+    first = rediagnose(calibration, config, measurements, memo=memo)
+    searched = len(memo)
+    again = rediagnose(calibration, config, measurements, memo=memo)
+    assert len(memo) == searched
+    assert [f.to_json() for f in first.findings] == [f.to_json() for f in again.findings]
+    rediagnose(calibration, _with(config, z_threshold=9.0), measurements, memo=memo)
+    grown = len(memo)
+    assert grown > searched
+    back = rediagnose(calibration, config, measurements, memo=memo)
+    assert len(memo) == grown
+    assert [f.to_json() for f in back.findings] == [f.to_json() for f in first.findings]
+
+
+def test_corrupt_records_raise_value_error_only() -> None:
+    for blob in (b"", b"\x00garbage", b"\x81\xa1a\x01", b"\x82\xa7version\x01\xa6points\x01"):
+        with pytest.raises(ValueError):
+            Measurements.from_msgpack(blob)
+        with pytest.raises(ValueError):
+            CalibrationResult.from_msgpack(blob)
