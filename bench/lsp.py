@@ -353,7 +353,8 @@ async def bench_fixture(name: str, tmp: Path, saves: int, rounds: int, starts: i
 
 async def churn(tmp: Path, saves: int, budget_s: float, checkpoints: list[int]) -> dict[str, Any]:
     """Many config saves, each awaited only until its re-diagnosis (the server's log line)."""
-    root = copy_fixture(tmp, CHURN_FIXTURE)
+    (tmp / "churn").mkdir()
+    root = copy_fixture(tmp / "churn", CHURN_FIXTURE)
     config = root / "quantlens.toml"
     original = config.read_text(encoding="utf-8")
     s = Session()

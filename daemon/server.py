@@ -243,7 +243,7 @@ class QuantlensServer(LanguageServer):
     def _state(self, project: Project, snapshot: Snapshot) -> str:
         if snapshot.problems and snapshot.result is None:
             return "failed"
-        if project.run_problems:
+        if project.run_problems or project.config_problems:  # the kept findings are not those of the config as saved
             return "failed"
         if snapshot.estimated or project.needs_run():
             return "stale"

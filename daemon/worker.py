@@ -17,6 +17,7 @@ bytes, timings, and the report's path when one was asked for), ``failed`` (probl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -82,7 +83,7 @@ def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, An
                                                 Path(request["report_dir"])))
         return reply
     except QuantlensError as exc:
-        return {"t": "failed", "problems": [p.to_json() for p in exc.problems]}
+        return {"t": "failed", "problems": [_name_the_limit(p, memory_limit_mb).to_json() for p in exc.problems]}
     except MemoryError:
         where = config.location_of("model") if config else None
         return {"t": "failed", "problems": [Problem(
@@ -99,6 +100,14 @@ def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, An
         return {"t": "failed", "problems": [Problem(
             f"internal error in quantlens: {type(exc).__name__}: {exc}", where, code="internal",
             hint=f"please report it with the log; traceback:\n{detail}").to_json()]}
+
+
+def _name_the_limit(problem: Any, memory_limit_mb: int) -> Any:
+    """An allocation that failed inside user code (located there) says which limit it hit."""
+    if "can't allocate memory" not in problem.message and "MemoryError" not in problem.message:
+        return problem
+    return dataclasses.replace(problem, message=f"out of memory (worker_memory_limit_mb = {memory_limit_mb}): "
+                                                f"{problem.message}", hint=OOM_HINT)
 
 
 def _write_report(config: Any, calibration: Any, measurements: Any, timings: dict[str, float], folder: Path) -> Path:

@@ -171,7 +171,7 @@ class WorkerPool:
             self._current = worker
             self._cancelled = False
         try:
-            outcome = self._drive(worker, request, on_progress, fallback, start)
+            outcome = self._drive(worker, request, on_progress, fallback)
         finally:
             with self._lock:
                 self._current = None
@@ -195,7 +195,7 @@ class WorkerPool:
             spare.kill()
 
     def _drive(self, worker: _Worker, request: dict[str, Any], on_progress: Progress | None,
-               fallback: Location | None, start: float) -> RunOutcome:
+               fallback: Location | None) -> RunOutcome:
         stage: tuple[str, int, int | None] = ("start", 0, None)
         why = worker.wait_ready(START_TIMEOUT_S)
         if self._cancelled:
@@ -203,7 +203,7 @@ class WorkerPool:
         if why is not None:
             return RunOutcome(problems=[Problem(why, fallback, code="worker",
                                                 hint=f"check that `{self.python} -m quantlens.daemon.worker` runs")])
-        deadline = start + self.limits.timeout_s
+        deadline = time.monotonic() + self.limits.timeout_s  # the user's budget: a cold torch import is not theirs
         exit_call: dict[str, Any] | None = None
         try:
             wire.send(worker.to_child, {"t": "run", **request})

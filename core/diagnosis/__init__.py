@@ -74,6 +74,7 @@ def suppressed(finding: Finding) -> bool:
     for loc in (*finding.locations, *finding.related):
         if not loc.line:
             continue
+        linecache.checkcache(loc.file)  # a long-running server must read the file as saved now
         match = _IGNORE.search(linecache.getline(loc.file, loc.line))
         if match is None:
             continue

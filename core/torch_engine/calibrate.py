@@ -67,6 +67,8 @@ def calibrate_batches(
     collector: Collector | None = None
     count = samples = 0
     signature = ""
+    if progress:
+        progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for batch in as_batches(batches, device):
             if collector is None:

@@ -223,6 +223,8 @@ def simulate(
     output_sums = ErrorSums()
     agree = seen = 0
     device = model_device(model)
+    if progress:
+        progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for i, batch in enumerate(as_batches(batches, device)):
             float_pass = _FloatPass(plan, isolated)
