@@ -81,6 +81,13 @@ class ProjectConfig:
     def location_of(self, key: str) -> Location | None:
         return self.locations.get(key) or (Location(str(self.config_file)) if self.config_file else None)
 
+    @property
+    def roots(self) -> list[Path]:
+        """The folders user code lives in and imports resolve against: the project, the
+        model's and the data's folders."""
+        roots = [self.root, self.model.path.parent, self.data.path.parent]
+        return list(dict.fromkeys(r.resolve() for r in roots))
+
 
 PROJECT_KEYS = {
     "model", "data", "weights", "validation", "evaluate", "metrics", "device",

@@ -85,7 +85,7 @@ class _Import:
 
 def project_inputs(config: ProjectConfig) -> Inputs:
     """Every file the analysis of ``config`` reads, and the key of its calibration statistics."""
-    roots = _roots(config)
+    roots = tuple(config.roots)
     refs = _function_refs(config)
     files: set[Path] = set()
     for _, ref in refs:
@@ -264,13 +264,6 @@ def _relative(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
     except ValueError:  # another drive on Windows
         return path.as_posix()
-
-
-def _roots(config: ProjectConfig) -> tuple[Path, ...]:
-    """The folders user imports resolve against; mirrors ``_roots`` in
-    core/torch_engine/pipeline.py, which cannot be imported here (it imports torch)."""
-    roots = [config.root, config.model.path.parent, config.data.path.parent]
-    return tuple(dict.fromkeys(r.resolve() for r in roots))
 
 
 def _function_refs(config: ProjectConfig) -> list[tuple[str, FuncRef]]:

@@ -70,7 +70,7 @@ def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, An
     try:
         config = load_config(Path(request["directory"]), _path(request.get("config_file")),
                              request.get("overrides") or {}, request.get("override_text") or {})
-        _roots[:] = [config.root, config.model.path.parent, config.data.path.parent]
+        _roots[:] = config.roots
         cached = request.get("calibration")
         calibration = CalibrationResult.from_msgpack(cached) if cached else None
         progress("load", 0, None)

@@ -135,7 +135,7 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
     """Run the configured project: calibration (unless ``calibration`` is given, from a cache
     whose key covers the model, weights and data) and measurements; the findings come from
     :func:`quantlens.core.rediagnose.rediagnose` on what this returns."""
-    roots = _roots(config)
+    roots = config.roots
     device = torch.device(config.device)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -172,11 +172,6 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
     result = rediagnose(calibration, config, measurements, timings=timings)
     result.timings["diagnose"] = time.perf_counter() - start
     return result
-
-
-def _roots(config: ProjectConfig) -> list[Path]:
-    roots = [config.root, config.model.path.parent, config.data.path.parent]
-    return list(dict.fromkeys(r.resolve() for r in roots))
 
 
 def _limited(items: Iterable[Any], limit: int | None) -> Iterable[Any]:
