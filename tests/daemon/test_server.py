@@ -137,3 +137,84 @@ def test_server_process_never_imports_torch() -> None:
                          env={**os.environ, "PYTHONPATH": ""})
     assert json.loads(out.stdout) == []
 
+
+
+async def test_quantize_now_writes_the_report_and_show_report_finds_it(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    answer = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="quantlens.quantizeNow"))
+    entry = answer[str(root.resolve())]
+    report = Path(entry["report"])
+    assert report.name == "index.html" and report.is_file()
+    assert report.parent == root.resolve() / ".quantlens" / "report"
+    assert "output SQNR" in entry["summary"] and str(report) in entry["summary"]
+    assert any(str(report) in m.message for m in client.messages)
+    shown = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="quantlens.showReport"))
+    assert shown["report"] == str(report)
+    # progress went through begin, reports with rising percentages, end
+    kinds = [[type(v).__name__ for v in values] for values in client.progress_reports.values()]
+    assert any(k[0] == "WorkDoneProgressBegin" and k[-1] == "WorkDoneProgressEnd" and len(k) > 3 for k in kinds)
+
+
+async def test_cancel_from_the_editor_stops_the_worker_and_keeps_the_diagnostics(client: LanguageClient,
+                                                                               tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    before = [(d.range.start.line, d.code) for d in diagnostics(client, model)]
+    source = model.read_text()
+    slow = source.replace("    def forward(self, x: torch.Tensor) -> torch.Tensor:\n",
+                          "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        import time; time.sleep(1)\n")
+    known = set(client.progress_reports)
+    save(client, model, slow)
+    token = await until(lambda: next(iter(set(client.progress_reports) - known), None), 60, "a progress token")
+    await until(lambda: len(client.progress_reports[token]) >= 2, 60, "the first batch")
+    client.window_work_done_progress_cancel(types.WorkDoneProgressCancelParams(token=token))
+    stale = await until(lambda: next((s for s in recorder.status if s["state"] == "stale" and s["message"]
+                                      and "cancelled" in s["message"]), None), 30, "the cancelled state")
+    assert stale["message"].startswith("cancelled")
+    assert [(d.range.start.line, d.code) for d in diagnostics(client, model)] == before
+    assert type(client.progress_reports[token][-1]).__name__ == "WorkDoneProgressEnd"
+
+
+async def test_minimum_severity_setting_filters_and_no_config_says_how(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    assert any(d.severity == types.DiagnosticSeverity.Information or "also" in d.message
+               for d in diagnostics(client, model))
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"quantlens": {"minimumSeverity": "warning"}}))
+    await until(lambda: all(d.severity in (types.DiagnosticSeverity.Warning, types.DiagnosticSeverity.Error)
+                            for d in diagnostics(client, model)), 10, "only warnings")
+    assert diagnostics(client, model)
+
+
+async def test_a_workspace_without_config_gets_one_message(client: LanguageClient, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    await start(client, tmp_path / "empty")
+    message = await until(lambda: client.messages, 30, "a message")
+    assert len(message) == 1 and message[0].type == types.MessageType.Info
+    assert "quantlens.toml" in message[0].message
+    assert not client.diagnostics
+
+
+def test_tcp_listener_binds_loopback_only(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "quantlens.daemon.cli", "serve", "--tcp", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listening = []
+        for _ in range(200):
+            rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+            listening = [r.split()[1] for r in rows if r.split()[3] == "0A" and int(r.split()[1].split(":")[1], 16) == port]
+            if listening:
+                break
+            import time
+            time.sleep(0.05)
+        assert listening == ["0100007F:%04X" % port]  # 127.0.0.1 only
+    finally:
+        proc.kill()
+        proc.wait()
