@@ -54,13 +54,7 @@ def assemble(calibration: CalibrationResult, settings: QuantSettings, measuremen
                     custom=measured.get(p.name, PointMeasurement()).custom)
         for p in calibration.points
     ]
-    problems = [
-        Problem(f"{s.nonfinite} NaN/Inf value(s) at the output of {name}; they are left out of the statistics",
-                calibration.point(name).source, code="nonfinite",
-                hint="check for overflow or division by zero upstream of this layer")
-        for name, s in calibration.stats.items() if s.nonfinite
-    ]
-    return AnalysisResult(settings, calibration, points, output, problems, sensitivity=sensitivity,
+    return AnalysisResult(settings, calibration, points, output, [], sensitivity=sensitivity,
                           validation=measurements.validation, estimated=not current)
 
 

@@ -70,7 +70,7 @@ class QuantlensServer(LanguageServer):
         self.watcher: FileWatcher | None = None
         self.debouncer: Debouncer | None = None
         self.running: asyncio.Task | None = None
-        self.pending_full: set[Path] = set()
+        self.running_project: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,10 +138,13 @@ class QuantlensServer(LanguageServer):
 
     def schedule(self, project: Project, *, report_dir: Path | None = None, force: bool = False,
                  done: asyncio.Future | None = None) -> None:
-        """Start the worker run this project needs, cancelling a stale one first."""
+        """Start the worker run this project needs, after the one in progress: a run of the same
+        project is stale and cancelled first; another project's run is waited for."""
         previous = self.running
-        if previous is not None and not previous.done() and self.pool is not None:
+        if previous is not None and not previous.done() and self.pool is not None \
+                and self.running_project == project.directory:
             self.pool.cancel()
+        self.running_project = project.directory
         self.running = asyncio.ensure_future(self._run(project, previous, report_dir, force, done))
 
     async def _run(self, project: Project, previous: asyncio.Task | None, report_dir: Path | None,

@@ -113,7 +113,9 @@ async def test_restart_with_a_warm_cache_needs_no_worker(tmp_path: Path) -> None
             model = root / "model.py"
             await until(lambda: diagnostics(client, model), 120, "diagnostics")
             if attempt == 1:
-                first = next(s for s in recorder.status if s["state"] in ("up to date", "stale", "failed"))
+                first = await until(lambda: next((s for s in recorder.status
+                                                  if s["state"] in ("up to date", "stale", "failed")), None),
+                                    30, "the first state")
                 assert first["state"] == "up to date"
                 assert "analysing" not in recorder.states()
         finally:
