@@ -15,7 +15,7 @@ import torch
 from quantlens.core import QuantlensError, analyze, calibrate
 from quantlens.core.config import load_config
 from quantlens.core.result import AnalysisResult
-from quantlens.core.torch_engine.pipeline import analyze_project
+from tests.analyses import fixture_analysis
 
 DEIT = Path(__file__).resolve().parents[2] / "fixtures" / "deit_tiny"
 
@@ -31,7 +31,7 @@ def _import(path: Path, name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def deit() -> tuple[AnalysisResult, ModuleType, ModuleType]:
     """The CLI's analysis of the fixture, and its model and data files imported by path."""
-    cli = analyze_project(load_config(DEIT))
+    cli = fixture_analysis("deit_tiny")
     return cli, _import(DEIT / "model.py", "api_deit_model"), _import(DEIT / "data.py", "api_deit_data")
 
 

@@ -7,26 +7,19 @@ the same inputs under the new settings.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from quantlens.core.activations import SearchMemo
-from quantlens.core.config import ProjectConfig, load_config
+from quantlens.core.config import ProjectConfig
 from quantlens.core.measurements import Measurements
 from quantlens.core.rediagnose import ESTIMATE_NOTE, MEASURED_RULES, rediagnose
 from quantlens.core.stats import CalibrationResult
-
-DEIT = Path(__file__).resolve().parents[2] / "fixtures" / "deit_tiny"
-
+from tests.analyses import measured
 
 @pytest.fixture(scope="module")
 def deit() -> tuple[ProjectConfig, CalibrationResult, Measurements]:
-    from quantlens.core.torch_engine.pipeline import measure_project
-
-    config = load_config(DEIT)
-    calibration, measurements, _ = measure_project(config)
-    return config, calibration, measurements
+    return measured("deit_tiny")
 
 
 def _with(config: ProjectConfig, **changes) -> ProjectConfig:
@@ -43,7 +36,7 @@ def test_measurements_round_trip_through_msgpack_give_the_fresh_findings(deit) -
     config, calibration, measurements = deit
     decoded = rediagnose(CalibrationResult.from_msgpack(calibration.to_msgpack()), config,
                          Measurements.from_msgpack(measurements.to_msgpack()))
-    fresh = analyze_project(config)
+    fresh = analyze_project(config)  # a run of its own: the independent answer
     assert [f.to_json() for f in decoded.findings] == [f.to_json() for f in fresh.findings]
     assert not decoded.estimated and len(decoded.findings) > 10
 
@@ -55,7 +48,8 @@ def test_stale_measurements_are_estimated_and_say_so(deit) -> None:
 
     config, calibration, measurements = deit
     edited = _with(config, z_threshold=9.0)
-    truth = _degraded(analyze_project(edited))
+    fresh = analyze_project(edited)
+    truth = _degraded(fresh)
     estimate = rediagnose(calibration, edited, measurements)
     reused = rediagnose(calibration, edited, dataclasses.replace(measurements, settings=edited.settings))
     assert estimate.estimated and not reused.estimated
@@ -63,7 +57,7 @@ def test_stale_measurements_are_estimated_and_say_so(deit) -> None:
     assert errors(_degraded(estimate)) < errors(_degraded(reused))
     assert not truth - _degraded(estimate)  # no degraded layer is missed
     first = [f.points for f in estimate.findings if f.rule == "first-divergence"]
-    fresh_first = [f.points for f in analyze_project(edited).findings if f.rule == "first-divergence"]
+    fresh_first = [f.points for f in fresh.findings if f.rule == "first-divergence"]
     assert first == fresh_first
     for f in estimate.findings:
         assert (f.rule in MEASURED_RULES) == bool(f.evidence.get("estimate"))

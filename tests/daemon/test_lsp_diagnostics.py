@@ -7,6 +7,8 @@ thresholds), not from the converter's own helpers.
 
 from __future__ import annotations
 
+from tests.analyses import fixture_analysis
+
 import dataclasses
 import math
 import re
@@ -39,9 +41,7 @@ LSP = {Severity.INFO: types.DiagnosticSeverity.Information, Severity.WARNING: ty
 @pytest.fixture(scope="module")
 def results() -> dict[str, AnalysisResult]:
     """The five model fixtures plus per_tensor_weights (aggregated inherited degraded layers)."""
-    from quantlens.core.torch_engine.pipeline import analyze_project
-
-    return {name: analyze_project(load_config(FIXTURES / name)) for name in (*MODELS, "per_tensor_weights")}
+    return {name: fixture_analysis(name) for name in (*MODELS, "per_tensor_weights")}
 
 
 def _convert(result: AnalysisResult | None, problems: list[Problem] | None = None,

@@ -29,17 +29,15 @@ from quantlens.daemon.lsp.hover import (
 from quantlens.daemon.lsp.inlay_hints import inlay_hints
 from quantlens.daemon.lsp.lines import LineIndex
 
+from tests.analyses import fixture_analysis
 from tests.core.values import synthetic
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _analyze(cache: dict[str, AnalysisResult], name: str) -> AnalysisResult:
-    from quantlens.core.config import load_config
-    from quantlens.core.torch_engine.pipeline import analyze_project
-
     if name not in cache:
-        cache[name] = analyze_project(load_config(FIXTURES / name))
+        cache[name] = fixture_analysis(name)
     return cache[name]
 
 
