@@ -1,8 +1,9 @@
 """``quantlens``: the command line, a thin shell over the engine.
 
-Exit codes: 0 success, 1 findings at or above --fail-on (diagnosis), 2 usage or config
-error. Problems are printed as ``file:line: error[code]: message``; never a traceback,
-unless QUANTLENS_DEBUG=1 asks for one.
+Exit codes: 0 success, 1 findings at or above --fail-on (``error`` unless told otherwise, as
+ruff exits on violations; ``--fail-on never`` never fails) or a baseline regression, 2 usage
+or config error. Problems are printed as ``file:line: error[code]: message``; never a
+traceback, unless QUANTLENS_DEBUG=1 asks for one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 FORMATS = ("text", "json", "sarif", "github")
+FAIL_NEVER = "never"
+FAIL_ON = (*(s.value for s in Severity), FAIL_NEVER)
+DEFAULT_FAIL_ON = Severity.ERROR.value
+RUN_OPTIONS = ("config", "model", "data", "weights", "set", "json")
+"""What only a run reads: ``report --from-json`` runs nothing, so it refuses them."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,27 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     check = sub.add_parser("check", parents=[common], help="calibrate, search thresholds, simulate, diagnose")
     check.add_argument("--format", choices=FORMATS, default="text", help="how to print the findings on stdout")
-    check.add_argument("--fail-on", choices=[s.value for s in Severity], default=None,
-                       help="exit 1 when a finding is at or above this severity")
+    check.add_argument("--fail-on", choices=FAIL_ON, default=DEFAULT_FAIL_ON,
+                       help=f"exit 1 when a finding is at or above this severity (default {DEFAULT_FAIL_ON}; "
+                            f"{FAIL_NEVER}: exit 0 whatever the findings)")
     check.add_argument("--baseline", type=Path, metavar="FILE", help="fail on per-point regressions against FILE")
     check.add_argument("--baseline-tolerance-db", type=float, default=1.0, metavar="DB",
                        help="SQNR drop that counts as a regression (default 1 dB)")
     check.add_argument("--write-baseline", type=Path, metavar="FILE", help="write this run's metrics as a baseline")
     report = sub.add_parser("report", parents=[common], help="run the check and write an HTML report with pictures")
     report.add_argument("--out", type=Path, default=Path("quantlens-report"), help="report folder")
+    report.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="render a result saved with --json instead of running the analysis")
     serve = sub.add_parser("serve", help="the language server, over stdio (or --tcp PORT on 127.0.0.1)")
     serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
     watch = sub.add_parser("watch", parents=[common], help="rerun on every change and print what changed")
     watch.add_argument("--format", choices=FORMATS, default="text", help="how to print the findings")
     watch.add_argument("--once", action="store_true", help="run once and exit with the check command's codes")
-    watch.add_argument("--fail-on", choices=[s.value for s in Severity], default=None,
-                       help="with --once: exit 1 when a finding is at or above this severity")
+    watch.add_argument("--fail-on", choices=FAIL_ON, default=DEFAULT_FAIL_ON,
+                       help=f"with --once: exit 1 when a finding is at or above this severity (default "
+                            f"{DEFAULT_FAIL_ON}; {FAIL_NEVER}: exit 0 whatever the findings)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "report" and args.from_json is not None:
+            return _report_from_json(args)
         if args.command in ("check", "report"):
             return _check(args)
         if args.command == "serve":
@@ -141,6 +153,11 @@ def _check(args: argparse.Namespace) -> int:
         from quantlens.core.baseline import write_baseline
 
         args.write_baseline.write_text(json.dumps(write_baseline(payload), indent=1) + "\n", encoding="utf-8")
+    fmt = getattr(args, "format", "text")
+    if args.command == "report" or args.json is not None or fmt == "json":
+        from quantlens.daemon.report.payload import with_pictures
+
+        payload = with_pictures(payload, result, config.diagnosis, config.root)
     root = ci_root(config.root)
     if args.json is not None:
         text = json.dumps(payload, indent=1)
@@ -148,12 +165,11 @@ def _check(args: argparse.Namespace) -> int:
             sys.stdout.write(text + "\n")
         else:
             args.json.write_text(text + "\n", encoding="utf-8")
-    fmt = getattr(args, "format", "text")
     to_stdout = args.json is None or str(args.json) != "-"
     if args.command == "report":
-        from quantlens.daemon.report.html import write_report
+        from quantlens.daemon.report.html import render_report
 
-        index = write_report(result, args.out, config.root, config.diagnosis)
+        index = render_report(payload, args.out)
         print(format_findings(result, config.root))
         print(f"wrote {index}")
     elif to_stdout:
@@ -161,7 +177,40 @@ def _check(args: argparse.Namespace) -> int:
     print_problems(result.problems)
     if baseline_failed:
         return EXIT_FINDINGS
-    return exit_code(result, getattr(args, "fail_on", None))
+    return exit_code(result, getattr(args, "fail_on", FAIL_NEVER))
+
+
+def _report_from_json(args: argparse.Namespace) -> int:
+    """``report --from-json FILE``: the HTML report of a saved result, nothing run."""
+    from quantlens.daemon.report.html import render_report
+
+    given = [f"--{key.replace('_', '-')}" for key in RUN_OPTIONS if getattr(args, key)]
+    if args.directory != ".":
+        given.insert(0, args.directory)
+    if given:
+        raise QuantlensError([Problem(f"--from-json renders a saved result and runs nothing: drop {', '.join(given)}",
+                                      Location("<command line>"), code="usage")])
+    print(f"wrote {render_report(_read_result(args.from_json), args.out)}")
+    return EXIT_OK
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    """A saved result document that holds the report's section, or a problem at the file."""
+    from quantlens.core.result import FORMAT
+
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problem = Problem(f"cannot read {path}: {exc.strerror}", Location(str(path)), code="usage")
+        raise QuantlensError([problem]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 0
+        raise QuantlensError([Problem(f"{path} is not JSON: {exc}", Location(str(path), line), code="usage")]) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "report" not in payload:
+        raise QuantlensError([Problem(
+            f"{path} is not a {FORMAT} document with a report section", Location(str(path)), code="usage",
+            hint="write one with `quantlens check --json FILE` (or `quantlens report --json FILE`)")])
+    return payload
 
 
 def render(fmt: str, result: AnalysisResult, payload: dict[str, Any], project_root: Path, ci_root: Path) -> str:
@@ -180,8 +229,9 @@ def render(fmt: str, result: AnalysisResult, payload: dict[str, Any], project_ro
                          format_findings(result, project_root)]) + "\n"
 
 
-def exit_code(result: AnalysisResult, fail_on: str | None) -> int:
-    if fail_on is not None and any(f.severity.rank >= Severity(fail_on).rank for f in result.findings):
+def exit_code(result: AnalysisResult, fail_on: str) -> int:
+    """1 when a finding is at or above ``fail_on`` (a severity, or ``never``), else 0."""
+    if fail_on != FAIL_NEVER and any(f.severity.rank >= Severity(fail_on).rank for f in result.findings):
         return EXIT_FINDINGS
     return EXIT_OK
 

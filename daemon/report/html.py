@@ -3,6 +3,10 @@
 The PNGs are written next to ``index.html`` and also embedded as data URIs, with inline CSS
 and no scripts, so the page alone can be attached to a CI run or mailed and still opens
 offline. Every piece of text from the model or the user is escaped.
+
+The page reads the result payload alone (``result.to_json()`` plus the ``report`` section of
+daemon/report/payload.py), as the CI formats do: ``quantlens report --from-json FILE`` renders
+a saved ``--json`` through the same code as a live run.
 """
 
 from __future__ import annotations
@@ -14,16 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.settings import DiagnosisSettings
+from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding
-from quantlens.core.metrics import ErrorSums
-from quantlens.core.result import AnalysisResult, PointResult
+from quantlens.core.result import AnalysisResult
 from quantlens.daemon.report import plots
-from quantlens.daemon.text_report import HEADER, RIGHT, point_row, toml_value, relative
+from quantlens.daemon.report.payload import edges_and_counts, number, with_pictures
+from quantlens.daemon.text_report import HEADER, RIGHT, relative, toml_value
 
-MAX_POINT_PICTURES = 12
-"""Per-point pictures are drawn for this many points at most, to keep the page small."""
 SQNR_DEFINITION = "SQNR in dB: 20*log10(||x||/||x-q||)"
 
 
@@ -37,20 +39,31 @@ class Picture:
 
 def write_report(result: AnalysisResult, out: Path, root: Path,
                  diagnosis: DiagnosisSettings | None = None) -> Path:
-    """Write ``out/index.html`` and its PNGs; ``diagnosis`` should be the one that made the findings."""
-    diagnosis = diagnosis or DiagnosisSettings()
+    """The live run's report, rendered from the payload a saved ``--json`` holds, so the two
+    are the same page; ``diagnosis`` should be the one that made the findings."""
+    payload = with_pictures(result.to_json(), result, diagnosis or DiagnosisSettings(), root)
+    return render_report(payload, out)
+
+
+def render_report(payload: dict[str, Any], out: Path) -> Path:
+    """Write ``out/index.html`` and its PNGs from a result payload with its ``report`` section."""
+    section = payload["report"]
+    root = Path(section["root"])
     out.mkdir(parents=True, exist_ok=True)
-    overview = draw_overview(result, diagnosis, out)
-    points = [(p, draw_point(result, p, diagnosis, out)) for p in pictured_points(result)]
+    overview = draw_overview(payload, out)
+    index_of = {p["name"]: i for i, p in enumerate(payload["points"])}
+    points = [(index_of[entry["point"]], entry) for entry in section["pictures"]]
+    findings = [Finding.from_json(f) for f in payload["findings"]]
     page = "\n".join([
         _HEAD,
         "<h1>quantlens report</h1>",
-        _summary(result),
-        _findings(result.findings, root, {p.name: i for i, p in enumerate(result.points)}),
+        _summary(payload),
+        _findings(findings, root, index_of),
         "<h2>Overview</h2>",
         *(_figure(pic) for pic in overview),
-        _table(result, root, _degraded(result.findings)),
-        _point_sections(points, root),
+        _table(payload["points"], root, _degraded(findings)),
+        _point_sections([(payload["points"][i], draw_point(payload["points"][i], entry, i, out))
+                         for i, entry in points], root),
         "</body></html>",
     ])
     index = out / "index.html"
@@ -58,70 +71,64 @@ def write_report(result: AnalysisResult, out: Path, root: Path,
     return index
 
 
-def pictured_points(result: AnalysisResult, limit: int = MAX_POINT_PICTURES) -> list[PointResult]:
-    """The points worth a picture, most telling first.
-
-    The main point of each finding (worst finding first), then the worst by isolated SQNR, then
-    the other points findings name: a finding that names every degraded layer must not crowd
-    out the layer that causes the damage.
-    """
-    by_name = {p.name: p for p in result.points}
-    primary = [f.points[0] for f in result.findings if f.points]
-    worst = sorted((p for p in result.points if p.isolated is not None), key=lambda p: p.isolated.sqnr_db)
-    others = [name for f in result.findings for name in f.points[1:]]
-    ranked = dict.fromkeys(n for n in [*primary, *(p.name for p in worst), *others] if n in by_name)
-    return [by_name[name] for name in list(ranked)[:limit]]
-
-
-def draw_overview(result: AnalysisResult, diagnosis: DiagnosisSettings, out: Path) -> list[Picture]:
+def draw_overview(payload: dict[str, Any], out: Path) -> list[Picture]:
     """The whole-model pictures: the per-point error graph and the per-point boxplots."""
-    names = [p.name for p in result.points]
-    threshold_db = diagnosis.threshold_quantize_error["sqnr"] * 100.0
+    section = payload["report"]
+    points = payload["points"]
+    names = [p["name"] for p in points]
+    threshold_db = section["detection_threshold_db"]
+    share = section["iqr_outlier_share"]
     graph = plots.error_graph(
-        names,
-        [_sqnr(p.isolated) for p in result.points],
-        [_sqnr(p.cumulative) for p in result.points],
-        threshold_db, _degraded(result.findings), out / "error-graph.png",
+        names, [_sqnr(p, "isolated") for p in points], [_sqnr(p, "cumulative") for p in points],
+        threshold_db, _degraded([Finding.from_json(f) for f in payload["findings"]]), out / "error-graph.png",
     )
-    stats = result.calibration.stats
     boxes = plots.iqr_boxplots(
-        names, [plots.box_stats(stats[name].distribution()) for name in names],
-        {p.name for p in result.points if p.activation.iqr_outlier_fraction > diagnosis.iqr_outlier_share},
-        diagnosis.iqr_outlier_share, out / "iqr-boxplots.png",
+        names, section["boxes"], {p["name"] for p in points if p["activation"]["iqr_outlier_fraction"] > share},
+        share, out / "iqr-boxplots.png",
     )
     return [
         Picture(graph, f"Per-point error (as XQuant draws it). Red circles: degraded layers (cumulative score under "
                        f"the detection threshold, {threshold_db:g} dB for SQNR). {SQNR_DEFINITION}."),
         Picture(boxes, "Range of each point's non-zero values (IQR view of the DeiT outlier study); orange boxes have "
-                       f"more than {100 * diagnosis.iqr_outlier_share:g}% of values beyond 1.5·IQR."),
+                       f"more than {100 * share:g}% of values beyond 1.5·IQR. Top: the values (a point with a "
+                       "small range next to large ones is a flat box here); bottom: each point's values minus its "
+                       "median, divided by its IQR, so every box shows and the extremes read in IQRs."),
     ]
 
 
-def draw_point(result: AnalysisResult, p: PointResult, diagnosis: DiagnosisSettings, out: Path) -> list[Picture]:
-    """One point's histogram with thresholds, its outlier view when it has outliers, its error curves."""
-    a = p.activation
-    index = result.points.index(p)
-    dist = result.calibration.stats[p.name].distribution()
+def draw_point(point: dict[str, Any], entry: dict[str, Any], index: int, out: Path) -> list[Picture]:
+    """One point's histogram with thresholds, its outlier view when it has outliers, its error curves.
+
+    ``point`` is the point's JSON, ``entry`` its picture numbers (daemon/report/payload.py
+    ``point_pictures``), ``index`` its place in execution order (the PNG names use it).
+    """
+    a = point["activation"]
+    name = point["name"]
+    edges, counts = edges_and_counts(entry["values"])
+    z_cuts = [(cut["z"], cut["values"]) for cut in entry["z_cuts"]]
     pictures = [Picture(
-        plots.activation_histogram(dist, a.method_thresholds, a.error_method, a.signed, a.shift,
-                                   diagnosis.candidate_z_thresholds, f"{p.name}: values and thresholds",
+        plots.activation_histogram(edges, counts, a["method_thresholds"], a["error_method"], a["signed"], a["shift"],
+                                   a["mean"], a["std"], z_cuts, f"{name}: values and thresholds",
                                    out / f"p{index:03d}-histogram.png"),
         "Histogram of the calibration values with the threshold each error method chooses and the z-score "
         "cuts t(Z) = μ ± Z·σ for the candidate Z that fall inside the data.",
     )]
-    configured = math.isfinite(a.z_threshold)
-    if configured or Context(result, diagnosis).z_max(p) > diagnosis.threshold_zscore_outlier_removal:
-        z = a.z_threshold if configured else diagnosis.threshold_zscore_outlier_removal
-        label = "z_threshold" if configured else "outlier cut of the diagnosis"
+    outliers = entry["outliers"]
+    if outliers is not None:
+        z = outliers["z"]
+        label = "z_threshold" if outliers["configured"] else "outlier cut of the diagnosis"
+        edges, counts = edges_and_counts(outliers)
         pictures.append(Picture(
-            plots.outlier_histogram(dist, z, label, f"{p.name}: outliers in standard deviations",
-                                    out / f"p{index:03d}-outliers.png"),
+            plots.outlier_histogram(edges, counts, a["mean"], a["std"], outliers["cuts"], outliers["share"], z, label,
+                                    f"{name}: outliers in standard deviations", out / f"p{index:03d}-outliers.png"),
             "The same values with a z-score axis on top: how many standard deviations the outliers lie out, "
             f"and the share beyond |z| = {z:g}.",
         ))
-    if a.curves:
+    curves = {method: ([number(t) for t in c["thresholds"]], [number(e) for e in c["errors"]])
+              for method, c in a.get("curves", {}).items()}
+    if curves:
         pictures.append(Picture(
-            plots.threshold_curves(a.curves, a.threshold, a.error_method, f"{p.name}: error vs threshold",
+            plots.threshold_curves(curves, a["threshold"], a["error_method"], f"{name}: error vs threshold",
                                    out / f"p{index:03d}-curves.png"),
             "Each error method's error over the candidate thresholds, divided by its own minimum: a flat "
             "valley is a robust choice, a sharp one is sensitive to the calibration data.",
@@ -129,9 +136,10 @@ def draw_point(result: AnalysisResult, p: PointResult, diagnosis: DiagnosisSetti
     return pictures
 
 
-def _sqnr(sums: ErrorSums | None) -> float:
+def _sqnr(point: dict[str, Any], kind: str) -> float:
     """A missing metric is NaN: the graph's line has a gap there instead of a made-up point."""
-    return math.nan if sums is None else sums.sqnr_db
+    sums = point["metrics"][kind]
+    return math.nan if sums is None else number(sums["sqnr_db"])
 
 
 def _degraded(findings: list[Finding]) -> set[str]:
@@ -139,27 +147,30 @@ def _degraded(findings: list[Finding]) -> set[str]:
     return {name for f in findings if f.rule == "degraded-layer" for name in f.points}
 
 
-def _summary(result: AnalysisResult) -> str:
-    out = result.output
-    cal = result.calibration
+def _summary(payload: dict[str, Any]) -> str:
+    out = payload["output"]
+    cal = payload["calibration"]
+    float_eval, quant_eval = out["float_evaluation"], out["quantized_evaluation"]
+    top1 = out["top1_agreement"]
     rows = [
-        ("model", result.model or "-"),
-        ("data", result.data or "-"),
-        ("config", result.config_file or "-"),
-        ("calibration", f"{cal.num_samples} samples in {cal.num_batches} batches ({cal.input_signature})"),
-        ("points", str(len(result.points))),
-        ("output SQNR", f"{out.error.sqnr_db:.1f} dB"),
-        ("output cosine", f"{out.error.cosine:.5f}"),
-        ("output MSE", f"{out.error.mse:.4g}"),
-        ("top-1 agreement", "-" if out.top1_agreement is None else f"{100 * out.top1_agreement:.1f}%"),
-        *((f"validation {key}", f"float {_text(out.float_eval.get(key))} → quantized {_text(out.quant_eval.get(key))}")
-          for key in sorted(set(out.float_eval) | set(out.quant_eval))),
-        *((f"output metric {key}", _text(value)) for key, value in out.custom.items()),
+        ("model", payload["model"] or "-"),
+        ("data", payload["data"] or "-"),
+        ("config", payload["config_file"] or "-"),
+        ("calibration", f"{cal['num_samples']} samples in {cal['num_batches']} batches ({cal['input_signature']})"),
+        ("points", str(len(payload["points"]))),
+        ("output SQNR", f"{number(out['sqnr_db']):.1f} dB"),
+        ("output cosine", f"{number(out['cosine']):.5f}"),
+        ("output MSE", f"{number(out['mse']):.4g}"),
+        ("top-1 agreement", "-" if top1 is None else f"{100 * top1:.1f}%"),
+        *((f"validation {key}", f"float {_text(float_eval.get(key))} → quantized {_text(quant_eval.get(key))}")
+          for key in sorted(set(float_eval) | set(quant_eval))),
+        *((f"output metric {key}", _text(value)) for key, value in out["custom"].items()),
         *((f"{s['k']} worst point(s) at 16 bits",
-           f"output SQNR {s['output_sqnr_db']:.1f} dB ({', '.join(s['points'])})") for s in result.sensitivity),
+           f"output SQNR {number(s['output_sqnr_db']):.1f} dB ({', '.join(s['points'])})")
+          for s in payload["sensitivity"]),
     ]
-    settings = ", ".join(f"{key} = {_text(value)}" for key, value in result.settings.to_json().items())
-    problems = "".join(f"<li>{_e(str(problem))}</li>" for problem in result.problems)
+    settings = ", ".join(f"{key} = {_text(value)}" for key, value in payload["settings"].items())
+    problems = "".join(f"<li>{_e(str(Problem.from_json(problem)))}</li>" for problem in payload["problems"])
     return (
         "<h2>Summary</h2><table class='kv'>"
         + "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in rows)
@@ -189,8 +200,8 @@ def _finding(f: Finding, root: Path, rows: dict[str, int]) -> str:
         links = (f"<a href='#point-{rows[name]}'>{_e(name)}</a>" if name in rows else _e(name) for name in f.points)
         parts.append(f"<p><b>points</b> {', '.join(links)}</p>")
     if f.evidence:
-        rows = "".join(f"<tr><th>{_e(key)}</th><td>{_e(_text(value))}</td></tr>" for key, value in f.evidence.items())
-        parts.append(f"<table class='kv evidence'>{rows}</table>")
+        table = "".join(f"<tr><th>{_e(key)}</th><td>{_e(_text(value))}</td></tr>" for key, value in f.evidence.items())
+        parts.append(f"<table class='kv evidence'>{table}</table>")
     rec = f.recommendation
     if rec is not None:
         parts.append(_field("fix", rec.explanation))
@@ -204,29 +215,51 @@ def _finding(f: Finding, root: Path, rows: dict[str, int]) -> str:
     return "".join(parts) + "</div>"
 
 
-def _table(result: AnalysisResult, root: Path, degraded: set[str]) -> str:
+def _table(points: list[dict[str, Any]], root: Path, degraded: set[str]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in ["#", *HEADER])
     rows = []
-    for i, p in enumerate(result.points):
+    for i, p in enumerate(points):
         cells = "".join(f"<td class='num'>{_e(c)}</td>" if j in RIGHT else f"<td>{_e(c)}</td>"
-                        for j, c in enumerate(point_row(p, root)))
-        marked = " class='degraded'" if p.name in degraded else ""
+                        for j, c in enumerate(_point_row(p, root)))
+        marked = " class='degraded'" if p["name"] in degraded else ""
         rows.append(f"<tr id='point-{i}'{marked}><td class='num'>{i}</td>{cells}</tr>")
-    return (f"<h2>Points ({len(result.points)}, execution order)</h2>"
+    return (f"<h2>Points ({len(points)}, execution order)</h2>"
             f"<p class='note'>{_e(SQNR_DEFINITION)}; red rows are degraded layers.</p>"
             f"<table class='points'><tr>{head}</tr>{''.join(rows)}</table>")
 
 
-def _point_sections(points: list[tuple[PointResult, list[Picture]]], root: Path) -> str:
+def _point_row(p: dict[str, Any], root: Path) -> list[str]:
+    """The cells of ``HEADER`` for one point, as ``quantlens check`` prints them."""
+    a = p["activation"]
+    return [
+        p["name"],
+        p["op"],
+        relative(Location.from_json(p["source"]), root),
+        f"[{number(a['min']):.3g}, {number(a['max']):.3g}]",
+        f"{number(a['threshold']):g}" if a["quantize"] else "float",
+        a["error_method"],
+        "s" if a["signed"] else "u",
+        _db(_sqnr(p, "isolated")),
+        _db(_sqnr(p, "cumulative")),
+        f"{100 * a['iqr_outlier_fraction']:.1f}",
+    ]
+
+
+def _db(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def _point_sections(points: list[tuple[dict[str, Any], list[Picture]]], root: Path) -> str:
     if not points:
         return ""
     sections = ["<h2>Points in detail</h2>"]
     for p, pictures in points:
-        a = p.activation
+        a = p["activation"]
         sections.append(
-            f"<h3>{_e(p.name)}</h3><p class='note'>{_e(p.info.op)} at {_e(relative(p.info.source, root))}; "
-            f"threshold {a.threshold:g} ({_e(a.error_method)}, {'signed' if a.signed else 'unsigned'}, "
-            f"{a.n_bits} bits), predicted activation SQNR {a.predicted_sqnr_db:.1f} dB</p>"
+            f"<h3>{_e(p['name'])}</h3><p class='note'>{_e(p['op'])} at "
+            f"{_e(relative(Location.from_json(p['source']), root))}; threshold {number(a['threshold']):g} "
+            f"({_e(a['error_method'])}, {'signed' if a['signed'] else 'unsigned'}, {a['n_bits']} bits), "
+            f"predicted activation SQNR {number(a['predicted_sqnr_db']):.1f} dB</p>"
         )
         sections.extend(_figure(pic) for pic in pictures)
     return "\n".join(sections)

@@ -2,8 +2,9 @@
 
 Figures are plain ``matplotlib.figure.Figure`` objects rendered by the Agg canvas: no pyplot,
 no global state and nothing left open, so drawing is safe inside a long-running daemon.
-Histograms are redrawn from the calibration :class:`Distribution` (its float-bits bins
-regrouped into equal-width bins on a linear axis), never from kept raw values.
+Every input is a plain number or array, as the report's JSON section holds it
+(daemon/report/payload.py bins the calibration histograms), so a saved result draws the
+same pictures as a live run.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from quantlens.core.activations import IQR_FENCE
-from quantlens.core.distribution import Distribution
 
 DPI = 100
 MAX_NAMED = 40
 """With more points than this, x labels are indices into the report's point table."""
 LABEL_CHARS = 32
-HIST_BINS = 160
 DEGRADED = "#d62728"
 HIGHLIGHT = "#ff7f0e"
 NORMAL = "#1f77b4"
@@ -63,28 +62,16 @@ def error_graph(names: Sequence[str], isolated_db: Sequence[float], cumulative_d
     return _save(fig, path)
 
 
-def linear_histogram(dist: Distribution, low: float, high: float,
-                     bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Counts in equal-width bins over [low, high]: the calibration histogram on a linear axis."""
-    edges = np.linspace(low, high, bins + 1)
-    below = dist.cumulative(edges)[0]
-    return edges, np.diff(below)
-
-
-def activation_histogram(dist: Distribution, method_thresholds: dict[str, float], chosen_method: str,
-                         signed: bool, shift: float, z_values: Sequence[float], title: str, path: Path) -> Path:
+def activation_histogram(edges: np.ndarray, counts: np.ndarray, method_thresholds: dict[str, float],
+                         chosen_method: str, signed: bool, shift: float, mean: float, std: float,
+                         z_cuts: Sequence[tuple[float, Sequence[float]]], title: str, path: Path) -> Path:
     """The values with every error method's threshold and every candidate z-score cut on them.
 
     Seeing where each calibrator would clip, against where the mass is, is how one judges
-    whether a threshold sacrifices the bulk for outliers or the other way round.
+    whether a threshold sacrifices the bulk for outliers or the other way round. ``z_cuts``
+    holds each candidate Z with its cuts μ ± Z·σ that fall inside the data.
     """
     groups = _group_by_value(method_thresholds)
-    uppers = [t - shift for t in groups]
-    lowers = [-t - shift for t in groups] if signed else []
-    low = min(dist.min, *lowers) if lowers else dist.min
-    high = max(dist.max, *uppers)
-    pad = 0.03 * (high - low or 1.0)
-    edges, counts = linear_histogram(dist, low - pad, high + pad)
     fig = _figure(10.0, 4.6)
     ax = fig.add_subplot()
     _bars(ax, edges, counts)
@@ -95,12 +82,10 @@ def activation_histogram(dist: Distribution, method_thresholds: dict[str, float]
         ax.axvline(threshold - shift, label=label, **style)
         if signed:
             ax.axvline(-threshold - shift, **style)
-    mu, sigma = dist.mean, dist.std
-    shades = colormaps["Purples"](np.linspace(0.45, 0.95, len(z_values)))
-    for z, shade in zip(z_values, shades, strict=True):
-        cuts = [c for c in (mu - z * sigma, mu + z * sigma) if dist.min <= c <= dist.max]
+    shades = colormaps["Purples"](np.linspace(0.45, 0.95, len(z_cuts)))
+    for (z, cuts), shade in zip(z_cuts, shades, strict=True):
         for i, cut in enumerate(cuts):
-            label = f"z = {z:g}: μ ± {z:g}σ = {mu:.3g} ± {z * sigma:.3g}" if i == 0 else None
+            label = f"z = {z:g}: μ ± {z:g}σ = {mean:.3g} ± {z * std:.3g}" if i == 0 else None
             ax.axvline(cut, color=shade, lw=1.2, ls=":", label=label)
     if shift:
         ax.set_xlabel(f"value (thresholds drawn at T − {shift:.4g}: shift-negative correction)")
@@ -125,18 +110,17 @@ def z_transforms(mean: float, std: float) -> tuple[Callable[[Any], Any], Callabl
     return to_z, from_z
 
 
-def outlier_histogram(dist: Distribution, z_threshold: float, z_label: str, title: str, path: Path) -> Path:
-    """The tails in standard deviations: how far the outliers lie and what a z-score cut removes."""
-    mu, sigma = dist.mean, dist.std
+def outlier_histogram(edges: np.ndarray, counts: np.ndarray, mu: float, sigma: float, cuts: Sequence[float],
+                      share: float, z_threshold: float, z_label: str, title: str, path: Path) -> Path:
+    """The tails in standard deviations: how far the outliers lie and what a z-score cut removes.
+
+    ``cuts`` are μ ∓ Z·σ and ``share`` the fraction of values outside them.
+    """
     to_z, from_z = z_transforms(mu, sigma)
-    pad = 0.03 * (dist.max - dist.min or 1.0)
-    edges, counts = linear_histogram(dist, dist.min - pad, dist.max + pad)
     fig = _figure(10.0, 4.6)
     ax = fig.add_subplot()
     _bars(ax, edges, counts)
-    lo_cut, hi_cut = float(from_z(-z_threshold)), float(from_z(z_threshold))
-    share = dist.mass_outside(lo_cut, hi_cut)
-    for i, cut in enumerate(c for c in (lo_cut, hi_cut) if edges[0] <= c <= edges[-1]):
+    for i, cut in enumerate(c for c in cuts if edges[0] <= c <= edges[-1]):
         ax.axvline(cut, color=DEGRADED, lw=1.6, ls="--",
                    label=f"{z_label}: |z| > {z_threshold:g} ({100 * share:.3g}% of values)" if i == 0 else None)
         ax.axvspan(*((edges[0], cut) if cut < mu else (cut, edges[-1])), color=DEGRADED, alpha=0.08)
@@ -150,41 +134,57 @@ def outlier_histogram(dist: Distribution, z_threshold: float, z_label: str, titl
     return _save(fig, path)
 
 
-def box_stats(dist: Distribution) -> dict[str, Any]:
-    """``Axes.bxp`` statistics of the non-zero values, from the histogram alone.
-
-    Exact zeros (ReLU clipping) are left out as in the IQR outlier share; whiskers sit at
-    1.5 * IQR, clipped to the data, and the extremes beyond them are drawn as the fliers.
-    """
-    nonzero = dist.without_zeros()
-    q1, med, q3 = (float(v) for v in nonzero.quantile(np.array([0.25, 0.5, 0.75])))
-    lowest, highest = max(nonzero.min, dist.min), min(nonzero.max, dist.max)
-    iqr = q3 - q1
-    whislo, whishi = max(q1 - IQR_FENCE * iqr, lowest), min(q3 + IQR_FENCE * iqr, highest)
-    fliers = [v for v in (lowest, highest) if v < whislo or v > whishi]
-    return {"q1": q1, "med": med, "q3": q3, "whislo": whislo, "whishi": whishi,
-            "fliers": np.array(fliers)}
-
-
 def iqr_boxplots(names: Sequence[str], stats: Sequence[dict[str, Any]], highlighted: set[str],
                  share: float, path: Path) -> Path:
     """One box per point, as in the DeiT outlier study: which layers carry far-out values."""
-    fig = _figure(min(max(8.0, 0.2 * len(names) + 3.0), 26.0), 5.0)
-    ax = fig.add_subplot()
+    return _save(iqr_figure(names, stats, highlighted, share), path)
+
+
+def iqr_figure(names: Sequence[str], stats: Sequence[dict[str, Any]], highlighted: set[str], share: float) -> Figure:
+    """Two panels: the values themselves, then each point's values in units of its own IQR.
+
+    On one value axis a point whose values span 0.05 next to one reaching 80 collapses to a
+    line (attention probabilities beside a residual stream); centred on its median and divided
+    by its IQR, every box has height 1, and what is left to read is how many IQRs out each
+    point's extremes lie, which is what the IQR outlier share counts.
+    """
+    fig = _figure(min(max(8.0, 0.2 * len(names) + 3.0), 26.0), 8.0)
+    values, scaled = fig.subplots(2, 1, sharex=True, height_ratios=(1.0, 1.0))
+    _boxes(values, stats, names, highlighted)
+    spread = [s["q3"] - s["q1"] for s in stats if s["q3"] > s["q1"]]
+    values.set_yscale("symlog", linthresh=float(np.median(spread)) if spread else 1.0, linscale=2.0)
+    values.set_ylabel("value (symlog)")
+    values.set_title(f"Non-zero values per point (orange: more than {100 * share:g}% beyond {IQR_FENCE:g}·IQR)")
+    _boxes(scaled, [in_iqr_units(s) for s in stats], names, highlighted)
+    scaled.set_yscale("symlog", linthresh=1.0 + IQR_FENCE, linscale=1.5)
+    scaled.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    scaled.set_ylabel(f"(value − median) / IQR\n(linear within ±{1.0 + IQR_FENCE:g}, log beyond)")
+    scaled.set_title("The same values in units of each point's own IQR: every box is 1 high, "
+                     "× = how many IQRs out the extremes lie")
+    _point_axis(scaled, names)
+    return fig
+
+
+def in_iqr_units(stats: dict[str, Any]) -> dict[str, Any]:
+    """Box statistics centred on the median and divided by the IQR (by the widest reach when
+    the IQR is 0, so a constant point stays a line instead of dividing by zero)."""
+    med = stats["med"]
+    reach = [abs(v - med) for v in (stats["whislo"], stats["whishi"], *stats["fliers"])]
+    scale = stats["q3"] - stats["q1"] or max(reach, default=0.0) or 1.0
+    return {"q1": (stats["q1"] - med) / scale, "med": 0.0, "q3": (stats["q3"] - med) / scale,
+            "whislo": (stats["whislo"] - med) / scale, "whishi": (stats["whishi"] - med) / scale,
+            "fliers": [(v - med) / scale for v in stats["fliers"]]}
+
+
+def _boxes(ax: Axes, stats: Sequence[dict[str, Any]], names: Sequence[str], highlighted: set[str]) -> None:
     drawn = ax.bxp(stats, positions=range(len(names)), patch_artist=True, showfliers=True,
                    flierprops={"marker": "x", "markersize": 4, "markeredgecolor": "0.3"},
                    medianprops={"color": "black"})
     for box, name in zip(drawn["boxes"], names, strict=True):
         box.set_facecolor(HIGHLIGHT if name in highlighted else NORMAL)
         box.set_alpha(0.75)
-    _point_axis(ax, names)
-    spread = [s["q3"] - s["q1"] for s in stats if s["q3"] > s["q1"]]
-    ax.set_yscale("symlog", linthresh=float(np.median(spread)) if spread else 1.0, linscale=2.0)
     ax.margins(y=0.06)  # room for the fliers at the extremes
-    ax.set_ylabel("value (symlog)")
-    ax.set_title(f"Non-zero values per point (orange: more than {100 * share:g}% beyond {IQR_FENCE:g}·IQR)")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
 
 
 def threshold_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], chosen_threshold: float,

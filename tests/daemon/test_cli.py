@@ -3,6 +3,7 @@ and every bad input reported as file:line with exit code 2, never a traceback.""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from quantlens.daemon.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from quantlens.daemon import cli
+from quantlens.daemon.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, build_parser, main
 
 MODELS = Path(__file__).resolve().parents[1] / "core" / "models"
+LOW_BIT = Path(__file__).resolve().parents[2] / "fixtures" / "low_bit"
 SAMPLE = MODELS / "sample_net.py"
 FAST = ["--no-progress", "--set", "num_calibration_batches=2"]
 
@@ -80,6 +83,68 @@ def test_fail_on_turns_findings_into_exit_code_1(capsys: pytest.CaptureFixture[s
     code, out, _ = _run([*args, "--fail-on", "warning", "--format", "github"], capsys)
     assert code == EXIT_FINDINGS
     assert "::warning file=sample_net.py" in out
+
+
+def test_check_and_watch_fail_on_errors_by_default() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["check"]).fail_on == "error"
+    assert parser.parse_args(["watch", "--once"]).fail_on == "error"
+    assert parser.parse_args(["check", "--fail-on", "never"]).fail_on == "never"
+
+
+def test_an_error_level_finding_exits_1_unless_told_never(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """fixtures/low_bit (3 bits nearly everywhere) has a global-degradation error: exit 1 with no
+    --fail-on, as ruff exits on violations; --fail-on never keeps exit 0 with the error still reported."""
+    code, out, _ = _run(["check", str(LOW_BIT), "--no-progress"], capsys)
+    assert code == EXIT_FINDINGS
+    assert "error[global-degradation]" in out
+    saved = tmp_path / "result.json"
+    code, _, _ = _run(["check", str(LOW_BIT), "--no-progress", "--fail-on", "never", "--json", str(saved)], capsys)
+    assert code == EXIT_OK
+    assert "global-degradation" in {f["rule"] for f in json.loads(saved.read_text())["findings"]
+                                    if f["severity"] == "error"}
+
+
+def test_report_renders_a_saved_json_without_running(sample_run: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_run(*_: object) -> None:
+        raise AssertionError("report --from-json must not run the analysis")
+
+    monkeypatch.setattr(cli, "analyze_in_worker", no_run)
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(sample_run))
+    out = tmp_path / "page"
+    code, stdout, err = _run(["report", "--from-json", str(saved), "--out", str(out)], capsys)
+    assert code == EXIT_OK, err
+    assert stdout == f"wrote {out / 'index.html'}\n"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert sample_run["findings"] and all(html.escape(f["message"]) in page for f in sample_run["findings"])
+    order = [p["name"] for p in sample_run["points"]]
+    pictured = {order.index(entry["point"]) for entry in sample_run["report"]["pictures"]}
+    written = {png.name for png in out.glob("*.png")}
+    assert pictured and {f"p{i:03d}-histogram.png" for i in pictured} | {"iqr-boxplots.png"} <= written
+    assert len(sample_run["report"]["boxes"]) == len(order)
+
+
+@pytest.mark.parametrize(("text", "extra", "where", "needle"), [
+    ("{\n  \"format\": oops\n}", [], ":2:", "is not JSON"),
+    ('{"format": "quantlens.result/1", "points": []}', [], ":", "with a report section"),
+    ('{"format": "quantlens.baseline/1"}', [], ":", "not a quantlens.result/1 document"),
+    (None, [], ":", "cannot read"),
+    ("{}", ["--model", "net.py:build"], "<command line>:", "runs nothing: drop --model"),
+], ids=["syntax", "no-report-section", "baseline-file", "missing", "with-run-options"])
+def test_report_from_a_bad_json_exits_2_at_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     text: str | None, extra: list[str], where: str,
+                                                     needle: str) -> None:
+    saved = tmp_path / "result.json"
+    if text is not None:
+        saved.write_text(text)
+    code, out, err = _run(["report", "--from-json", str(saved), "--out", str(tmp_path / "page"), *extra], capsys)
+    assert code == EXIT_USAGE
+    assert err.startswith("<command line>:" if where.startswith("<") else f"{saved}{where}"), err
+    assert needle in err and "Traceback" not in err + out
+    assert not (tmp_path / "page").exists()
 
 
 def _project(tmp_path: Path, config: str, model: str | None = None) -> Path:

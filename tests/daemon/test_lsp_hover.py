@@ -230,9 +230,11 @@ def test_no_hover_without_a_point(deit):
 def test_plot_links_only_to_written_files(deit, tmp_path):
     from quantlens.core.diagnosis.settings import DiagnosisSettings
     from quantlens.daemon.report.html import draw_point
+    from quantlens.daemon.report.payload import point_pictures
 
     p = single_point(deit)
-    pictures = [pic.path for pic in draw_point(deit, p, DiagnosisSettings(), tmp_path)]
+    pictures = [pic.path for pic in draw_point(p.to_json(), point_pictures(deit, p, DiagnosisSettings()),
+                                               deit.points.index(p), tmp_path)]
     assert len(pictures) >= 2, "the report draws the histogram and the error curves"
     missing = pictures.pop()
     missing.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import json
 import re
 from pathlib import Path
 
@@ -14,13 +15,17 @@ from matplotlib.image import imread
 
 from quantlens.core.config import FuncRef
 from quantlens.core.diagnosis import diagnose
+from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.distribution import Distribution
 from quantlens.core.findings import Finding, Severity
 from quantlens.core.histogram import histogram_from_values
 from quantlens.core.result import AnalysisResult
 from quantlens.core.settings import QuantSettings
+from quantlens.daemon.cli import EXIT_OK, main
 from quantlens.daemon.report import plots
-from quantlens.daemon.report.html import MAX_POINT_PICTURES, pictured_points, write_report
+from quantlens.daemon.report.html import write_report
+from quantlens.daemon.report.payload import (MAX_POINT_PICTURES, box_stats, linear_histogram, pictured_points,
+                                             with_pictures)
 
 from tests.core.conftest import MODELS, load_sample
 
@@ -89,11 +94,12 @@ def test_report_names_every_finding_and_point(report: Path, analysis: AnalysisRe
 
 
 def test_report_pictures_are_real_pngs(report: Path, analysis: AnalysisResult) -> None:
-    pictured = pictured_points(analysis)
+    pictured = pictured_points(analysis.to_json())
     names = {png.name for png in report.parent.glob("*.png")}
     assert {"error-graph.png", "iqr-boxplots.png"} <= names
-    for p in pictured:
-        index = analysis.points.index(p)
+    order = [p.name for p in analysis.points]
+    for name in pictured:
+        index = order.index(name)
         assert {f"p{index:03d}-histogram.png", f"p{index:03d}-curves.png"} <= names
     assert len(names) <= 2 + 3 * len(pictured)
     for png in report.parent.glob("*.png"):
@@ -105,14 +111,15 @@ def test_report_pictures_are_real_pngs(report: Path, analysis: AnalysisResult) -
 
 
 def test_pictured_points_start_with_the_findings(analysis: AnalysisResult) -> None:
-    chosen = pictured_points(analysis)
+    payload = analysis.to_json()
+    chosen = pictured_points(payload)
     assert len(chosen) == min(MAX_POINT_PICTURES, len(analysis.points))
     primary = list(dict.fromkeys(f.points[0] for f in analysis.findings if f.points))
-    assert [p.name for p in chosen[:len(primary)]] == primary[:len(chosen)]
+    assert chosen[:len(primary)] == primary[:len(chosen)]
     by_sqnr = sorted(analysis.points, key=lambda p: p.isolated.sqnr_db)
-    rest = [p for p in by_sqnr if p.name not in primary]
+    rest = [p.name for p in by_sqnr if p.name not in primary]
     assert chosen[len(primary):] == rest[:len(chosen) - len(primary)]
-    assert len(pictured_points(analysis, limit=2)) == 2
+    assert len(pictured_points(payload, limit=2)) == 2
 
 
 def test_overview_tolerates_points_without_metrics(analysis: AnalysisResult, tmp_path: Path) -> None:
@@ -120,12 +127,26 @@ def test_overview_tolerates_points_without_metrics(analysis: AnalysisResult, tmp
                                                  for p in analysis.points], findings=[])
     index = write_report(bare, tmp_path, MODELS)
     assert "No findings" in index.read_text(encoding="utf-8")
-    assert pictured_points(bare) == []
+    assert pictured_points(bare.to_json()) == []
+
+
+def test_report_from_a_saved_json_is_the_live_report(analysis: AnalysisResult, report: Path, tmp_path: Path) -> None:
+    """The JSON alone (no statistics, no run) renders the same page, byte for byte, and the same PNGs."""
+    saved = tmp_path / "result.json"
+    payload = with_pictures(analysis.to_json(), analysis, DiagnosisSettings(), MODELS)
+    saved.write_text(json.dumps(payload, allow_nan=False), encoding="utf-8")  # strict JSON: no NaN/Infinity
+    out = tmp_path / "from-json"
+    assert main(["report", "--from-json", str(saved), "--out", str(out)]) == EXIT_OK
+    live = {png.name: png.read_bytes() for png in report.parent.glob("*.png")}
+    rendered = {png.name: png.read_bytes() for png in out.glob("*.png")}
+    assert len(live) > 2 + len(payload["report"]["pictures"])  # the overview, and 2-3 pictures a point
+    assert rendered == live
+    assert (out / "index.html").read_bytes() == report.read_bytes()
 
 
 def test_box_stats_match_numpy_percentiles() -> None:
     x = _heavy_tailed()
-    stats = plots.box_stats(_distribution(x))
+    stats = box_stats(_distribution(x))
     nonzero = x[x != 0.0].astype(np.float32).astype(np.float64)
     q1, med, q3 = np.percentile(nonzero, [25, 50, 75])
     resolution = 2.0**-7  # float-bits bins are 2^-8 of their value wide
@@ -140,7 +161,7 @@ def test_box_stats_match_numpy_percentiles() -> None:
 
 def test_box_stats_without_outliers_have_no_fliers() -> None:
     x = np.linspace(1.0, 2.0, 4001)
-    stats = plots.box_stats(_distribution(x))
+    stats = box_stats(_distribution(x))
     assert stats["whislo"] == pytest.approx(1.0) and stats["whishi"] == pytest.approx(2.0)
     assert len(stats["fliers"]) == 0
 
@@ -157,7 +178,7 @@ def test_z_transforms_are_inverse() -> None:
 
 def test_linear_histogram_is_exact_on_power_of_two_edges() -> None:
     x = _heavy_tailed(seed=1)
-    edges, counts = plots.linear_histogram(_distribution(x), -64.0, 64.0, bins=32)
+    edges, counts = linear_histogram(_distribution(x), -64.0, 64.0, bins=32)
     want, _ = np.histogram(x.astype(np.float32), bins=edges)
     np.testing.assert_allclose(counts, want, atol=1e-6)
     assert counts.sum() == pytest.approx(len(x))
@@ -185,3 +206,30 @@ def test_crowded_axes_use_table_indices() -> None:
     long = "encoder.layers.11.self_attention.out_proj"
     (label,) = plots.point_labels([long])
     assert len(label) == plots.LABEL_CHARS and long.endswith(label[1:])
+
+
+def test_iqr_boxplot_keeps_a_small_range_point_visible() -> None:
+    """Attention probabilities (about 0.05 wide) beside a residual stream reaching 80: on the value
+    axis the small box is a line; in the IQR panel every box is one IQR high, the same height, and
+    each number sits where (value - median) / IQR puts it."""
+    rng = np.random.default_rng(4)
+    softmax = rng.gamma(9.0, 0.006, 20000)
+    residual = np.concatenate([rng.normal(0.0, 0.8, 20000), [80.0, 79.0]])
+    relu = np.maximum(rng.normal(0.3, 1.0, 20000), 0.0)
+    stats = [box_stats(_distribution(x)) for x in (residual, softmax, relu)]
+    fig = plots.iqr_figure(["residual", "softmax", "relu"], stats, set(), 0.05)
+    fig.canvas.draw()
+    values, scaled = fig.axes
+    value_heights = [patch.get_window_extent().height for patch in values.patches]
+    assert value_heights[1] < 0.2 * value_heights[0]  # the problem: the softmax box is flat on the value axis
+    heights = [patch.get_window_extent().height for patch in scaled.patches]
+    assert len(heights) == 3 and min(heights) > 40.0
+    assert heights == pytest.approx([heights[0]] * 3, rel=1e-6)
+    for patch, s in zip(scaled.patches, stats, strict=True):
+        iqr = s["q3"] - s["q1"]
+        ys = patch.get_path().vertices[:, 1]
+        assert ys.min() == pytest.approx((s["q1"] - s["med"]) / iqr)
+        assert ys.max() == pytest.approx((s["q3"] - s["med"]) / iqr)
+    far = max(y for line in scaled.lines if line.get_marker() == "x" for y in line.get_ydata())
+    assert far == pytest.approx((80.0 - stats[0]["med"]) / (stats[0]["q3"] - stats[0]["q1"]), rel=1e-6)
+    assert far > 50.0  # the residual's extreme lies ~75 IQRs out
