@@ -9,7 +9,7 @@ DEMO := fixtures/deit_tiny
 
 EXT := editor_ext
 
-.PHONY: demo test bench clean ext
+.PHONY: demo test bench clean ext e2e-vscode e2e-neovim
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,26 @@ $(EXT)/node_modules/.installed: $(EXT)/package.json $(EXT)/package-lock.json
 ext: $(EXT)/node_modules/.installed
 	cd $(EXT) && npm run lint && npm run typecheck && npm run bundle && npm test && npm run package
 
+# End to end, as a user sees it (not part of `make test`: it needs Chromium and code-server,
+# about 300 MB installed, and takes minutes). e2e-vscode installs the .vsix into code-server
+# (VS Code 1.100.3, from editor_ext/e2e's lock file), opens a copy of fixtures/two_branch_concat
+# in headless Chromium and checks the squiggle, Problems, hover, inlay hint, Layers view, Quantize
+# Now, Show Report and a config edit, with screenshots in editor_ext/e2e/screenshots/.
+# e2e-neovim runs the README's Neovim stanza in a headless Neovim on the same fixture.
+E2E := $(EXT)/e2e
+
+e2e-vscode: $(VENV)/.installed ext
+	bash $(E2E)/apt.sh chromium libkrb5-dev ripgrep build-essential
+	bash $(E2E)/install.sh
+	cd $(E2E) && node vscode.mjs
+
+e2e-neovim: $(VENV)/.installed
+	bash $(E2E)/apt.sh neovim
+	bash $(E2E)/neovim.sh
+
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --write BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) quantlens.egg-info .pytest_cache $(EXT)/node_modules $(EXT)/dist $(EXT)/out $(EXT)/quantlens.vsix
+	rm -rf $(VENV) quantlens.egg-info .pytest_cache $(EXT)/node_modules $(EXT)/dist $(EXT)/out $(EXT)/quantlens.vsix \
+		$(EXT)/e2e/node_modules $(EXT)/e2e/.cache $(EXT)/e2e/screenshots

@@ -120,7 +120,7 @@ def analyze_model(
     start = time.perf_counter()
     calibration = calibrate_batches(
         model, _limited(batches(), limit), roots, sites,
-        progress=(lambda i, n: progress("calibrate", i, n)) if progress else None,
+        progress=(lambda i, n: progress("calibrate", i, n)) if progress else None, limit=limit,
     )
     timings["calibrate"] = time.perf_counter() - start
     return analyze_calibrated(
@@ -156,7 +156,8 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
     if calibration is None:
         start = time.perf_counter()
         calibration = calibrate_batches(model, batches(), roots, sites,
-                                        progress=(lambda i, n: progress("calibrate", i, n)) if progress else None)
+                                        progress=(lambda i, n: progress("calibrate", i, n)) if progress else None,
+                                        limit=config.num_calibration_batches)
         timings["calibrate"] = time.perf_counter() - start
     measurements = measure(model, calibration, batches, config.settings, roots, metrics=metrics,
                            validation=validation if validation_ref else None, evaluate=evaluate,
