@@ -150,14 +150,17 @@ class SearchMemo:
         return self._searches[key]
 
     def search(self, name: str, dist: Distribution, n_bits: int, settings: QuantSettings, shift: float,
-               methods: tuple[ErrorMethod, ...]) -> tuple[dict[ErrorMethod, SearchResult], dict[str, float]]:
-        """Every method's result and the SQNR its threshold gives over all values."""
-        key = (name, n_bits, settings.l_p_value, settings.z_threshold, settings.power_of_two_thresholds, shift,
-               methods)
+               methods: tuple[ErrorMethod, ...], *, z_threshold: float | None = None,
+               ) -> tuple[dict[ErrorMethod, SearchResult], dict[str, float]]:
+        """Every method's result and the SQNR its threshold gives over all values.
+
+        ``z_threshold`` None means the settings' (a point's override may set its own)."""
+        z_threshold = settings.z_threshold if z_threshold is None else z_threshold
+        key = (name, n_bits, settings.l_p_value, z_threshold, settings.power_of_two_thresholds, shift, methods)
         found = self._searches.get(key)
         if found is None:
             searched = dist.shifted(shift) if shift else dist
-            results = search_all(searched, n_bits, l_p_value=settings.l_p_value, z_threshold=settings.z_threshold,
+            results = search_all(searched, n_bits, l_p_value=settings.l_p_value, z_threshold=z_threshold,
                                  power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
                                  methods=methods)
             sqnr = {m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()}
@@ -185,19 +188,22 @@ def quantize_point(point: PointInfo, stats: PointStats, settings: QuantSettings,
     memo = memo if memo is not None else SearchMemo()
     override = settings.for_point([point.name, *point.modules], point.module_types)
     n_bits = override.activation_n_bits or settings.activation_n_bits
+    method = override.activation_error_method or settings.activation_error_method
+    z_threshold = settings.z_threshold if override.z_threshold is None else override.z_threshold
     summary = memo.summary(point.name, stats)
     shift = shift_for(point, stats.min) if settings.shift_negative_activation_correction else 0.0
-    methods = tuple(ErrorMethod) if compare_methods else (settings.activation_error_method,)
-    results, method_sqnr = memo.search(point.name, summary.dist, n_bits, settings, shift, methods)
-    chosen = results[settings.activation_error_method]
+    methods = tuple(ErrorMethod) if compare_methods else (method,)
+    results, method_sqnr = memo.search(point.name, summary.dist, n_bits, settings, shift, methods,
+                                       z_threshold=z_threshold)
+    chosen = results[method]
     return ActivationQuant(
         point=point.name,
         quantize=override.quantize,
         threshold=chosen.threshold,
         signed=chosen.signed,
         n_bits=n_bits,
-        error_method=settings.activation_error_method.value,
-        z_threshold=settings.z_threshold,
+        error_method=method.value,
+        z_threshold=z_threshold,
         min=stats.min,
         max=stats.max,
         mean=summary.dist.mean,

@@ -25,6 +25,13 @@ class PointOverride:
     activation_n_bits: int | None = None
     weights_n_bits: int | None = None
     quantize: bool = True
+    z_threshold: float | None = None
+    """This point's outlier removal: ``inf`` exempts it from a model-wide z_threshold."""
+    activation_error_method: ErrorMethod | None = None
+    """This point's threshold method, e.g. MSE where a model-wide KL or MAE clips it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _json_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,10 @@ class QuantSettings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, ErrorMethod):
-                value = value.value
-            elif f.name == "overrides":
-                value = {k: dataclasses.asdict(v) for k, v in value.items()}
-            elif isinstance(value, float) and math.isinf(value):
-                value = "inf"
-            out[f.name] = value
+            if f.name == "overrides":
+                out[f.name] = {k: v.to_json() for k, v in value.items()}
+            else:
+                out[f.name] = _json_value(value)
         return out
 
     @staticmethod
@@ -83,6 +87,15 @@ class QuantSettings:
 
 
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(QuantSettings))
+
+
+def _json_value(value: Any) -> Any:
+    """A setting as JSON holds it: methods by name, infinity as "inf" (JSON has no inf)."""
+    if isinstance(value, ErrorMethod):
+        return value.value
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
 
 
 def coerce_setting(name: str, value: Any) -> Any:

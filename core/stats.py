@@ -18,7 +18,7 @@ from quantlens.core import histogram
 from quantlens.core.distribution import Distribution
 from quantlens.core.errors import Location
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the serialized layout changes; older caches are then recomputed."""
 
 
@@ -54,6 +54,17 @@ class PointInfo:
     order: int = 0
     """Execution order in the first calibration batch."""
     num_inputs: int = 1
+    inputs: list[str] = field(default_factory=list)
+    """Points whose outputs this point consumes, directly or through ops that are no points
+    (reshapes, pooling, products with constants), in execution order: the data flow of the
+    discovery forward. Empty when it reads only the model input or constants."""
+    feeds_output: bool = True
+    """Whether this point's output reaches the model output (the first tensor forward returns,
+    which the simulation compares): False for a side head whose result is dropped or returned
+    beside the output. True everywhere when the output's data flow could not be followed."""
+    constant_inputs: list[int] = field(default_factory=list)
+    """Indices, among the op's tensor inputs, of the operands that do not vary with the model
+    input: parameters, buffers and what forward computes from them alone."""
 
 
 @dataclass
@@ -118,6 +129,9 @@ class CalibrationResult:
     num_batches: int = 0
     num_samples: int = 0
     input_signature: str = ""
+    batch_limit: int | None = None
+    """The ``num_calibration_batches`` cap the batches were read under (None: no cap): a count
+    of batches equal to it may have cut the data function short, a smaller one did not."""
     version: int = FORMAT_VERSION
 
     def point(self, name: str) -> PointInfo:
@@ -182,5 +196,6 @@ def _decode_calibration(obj: dict) -> CalibrationResult:
         num_batches=obj["num_batches"],
         num_samples=obj["num_samples"],
         input_signature=obj["input_signature"],
+        batch_limit=obj["batch_limit"],
         version=obj["version"],
     )

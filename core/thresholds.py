@@ -13,12 +13,19 @@ Methods (MCT's names):
 * MAE:  mean |Q(x) - x|;
 * LP:   mean |Q(x) - x|^p (p = ``l_p_value``; p = 1 and p = 2 are exact, other p use each
   bin's mean as its values);
-* KL:   D_KL(P || Q) where P is the float histogram (bins narrower than ``t_nc / 2^(n+2)``
-  merged, so exact zeros do not become an infinitely sharp spike) and Q spreads each
-  level's mass (clipped values included) uniformly over that level's own cell, smoothed
-  with one pseudo-sample over the data's extent. Unlike the TensorRT/MCT form, P keeps its
-  clipped tails where they are, so a candidate that covers a single histogram bin is
-  heavily penalised instead of scoring zero, and clipping flat (uniform) data costs.
+* KL:   D_KL(P_t || Q_t), the integral of p log(p / q) between two piecewise-constant
+  densities. P_t is the float histogram with the bins narrower than ``2^floor(log2 t) /
+  2^(n+2)`` (a quarter to an eighth of the candidate's step) merged into a grid of that
+  width; Q_t spreads each level's mass (clipped values included) uniformly over that
+  level's own cell, within the data's extent, mixed with one pseudo-sample over the extent.
+  Unlike the TensorRT/MCT form, P keeps its clipped tails where they are, so a candidate
+  that covers a single histogram bin is heavily penalised instead of scoring zero, and
+  clipping flat (uniform) data costs. P's resolution follows each candidate's step, so
+  every candidate is judged at the same relative fidelity. With one resolution for all
+  (a quarter of the no-clipping step), a candidate whose step is finer looked lossless on
+  the values it keeps: a confident softmax output (most of its mass in the first bin, its
+  1.0s clipped by the top level at every candidate) paid log 2 on that mass at t = 1 and
+  nothing below, so KL cut it to 2^-10 (0 dB) and a mostly-off sigmoid to 0.5.
 
 Ties (within ``TIE_RTOL``) go to the largest threshold: the one that clips least.
 
@@ -31,6 +38,7 @@ optimum (measured: at most 3% more error).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -181,8 +189,7 @@ def _no_clipping_index(candidates: np.ndarray, max_abs: float) -> int:
 class _Cells:
     """Per-candidate cell sums of a distribution: the shared work of every method."""
 
-    def __init__(self, dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool,
-                 allow_per_bin: bool = True):
+    def __init__(self, dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool):
         self.dist = dist
         grid = [Grid.of(float(t), n_bits, signed) for t in candidates]
         j = np.arange(grid[0].j_min, grid[0].j_max + 1, dtype=np.float64)
@@ -193,7 +200,7 @@ class _Cells:
         self.bounds = np.concatenate((-inf, inner, inf), axis=1)  # (C, L+1)
         self.total = dist.count
         # Wide quantizers (16 bits) have more cells than the histogram has bins: score bins.
-        self.per_bin = allow_per_bin and len(j) > len(dist.n)
+        self.per_bin = len(j) > len(dist.n)
         if not self.per_bin:
             cum = dist.cumulative(self.bounds)
             self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in cum)
@@ -231,63 +238,100 @@ class _Cells:
 
 
 def _kl_errors(dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool) -> np.ndarray:
-    """D_KL(P || Q) for each candidate (see the module docstring).
+    """D_KL(P_t || Q_t) for each candidate t (see the module docstring).
 
-    Q spreads each level's mass (clipped values included) uniformly over the level's own
-    cell, intersected with the data's extent, and is smoothed with one pseudo-sample spread
-    over that extent, so values clipped far from their level cost log(N)-ish nats each
-    while a finer grid gains where the density is not flat.
+    P_t's resolution is one power of two per octave of t, so candidates are grouped by
+    octave. A group's P is the distribution's bins minus the narrow ones plus their merged
+    grid: every quantity read from P is a sum over bins, so it is read from those three sets
+    without building P (the narrow bins are few except in the coarsest octaves).
     """
-    resolution = 2.0 ** (math.floor(math.log2(candidates[0])) - (n_bits + 2))
-    p_dist = _coarsen(dist, resolution)
-    cells = _Cells(p_dist, candidates, n_bits, signed, allow_per_bin=False)
-    total = p_dist.count
-    p_bins = p_dist.n / total
-    vmin, vmax = float(p_dist.lo[0]), float(p_dist.hi[-1])
-    extent = max(vmax - vmin, resolution)
-    grid = Grid.of(float(candidates[0]), n_bits, signed)
-    j = np.arange(grid.j_min, grid.j_max + 1, dtype=np.float64)[None, :]
-    step = cells.step  # (C, 1)
-    start = np.clip((j - 0.5) * step, vmin, vmax)
-    stop = np.clip((j + 0.5) * step, vmin, vmax)
-    support = stop - start  # (C, L)
-    mass = np.where(support > 0, cells.cell_n / total, 0.0)
-    density = np.where(support > 0, mass / np.maximum(support, 1e-300), 0.0)
-    cum = np.concatenate((np.zeros((len(step), 1)), np.cumsum(mass, axis=1)), axis=1)
-    rows = np.arange(len(step))[:, None]
-
-    def q_cdf(x: np.ndarray) -> np.ndarray:
-        k = np.clip(np.floor(x[None, :] / step + 0.5) - grid.j_min, 0, j.shape[1] - 1).astype(np.int64)
-        inside = np.clip(x[None, :] - start[rows, k], 0.0, support[rows, k])
-        return cum[rows, k] + density[rows, k] * inside
-
-    q_bins = q_cdf(p_dist.hi) - q_cdf(p_dist.lo)
-    prior = (p_dist.hi - p_dist.lo) / extent / total
-    q_bins = (np.maximum(q_bins, 0.0) + prior[None, :]) / (1.0 + 1.0 / total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p_bins[None, :] > 0, p_bins[None, :] * np.log(p_bins[None, :] / q_bins), 0.0)
-    return np.maximum(terms.sum(axis=1), 0.0)
-
-
-def _coarsen(dist: Distribution, resolution: float) -> Distribution:
-    """Merge bins narrower than ``resolution`` into a linear grid of that width.
-
-    Raw-value distributions (zero-width bins) are first put on the float-bits bins so every
-    bin has a width.
-    """
-    if np.any(dist.hi <= dist.lo):
+    if np.any(dist.hi <= dist.lo):  # raw values: put them on the float-bits bins, which have widths
         values = np.repeat(dist.lo, dist.n.astype(np.int64))
         dist = Distribution.from_histogram(*histogram.histogram_from_values(values))
-    narrow = (dist.hi - dist.lo) < resolution
-    key = np.where(narrow, np.floor(dist.lo / resolution), np.nan)
-    wide_lo, wide_hi = dist.lo[~narrow], dist.hi[~narrow]
-    wide_n, wide_s = dist.n[~narrow], dist.s1[~narrow]
-    grid_keys, inverse = np.unique(key[narrow], return_inverse=True)
-    grid_n = np.bincount(inverse, weights=dist.n[narrow], minlength=len(grid_keys))
-    grid_s = np.bincount(inverse, weights=dist.s1[narrow], minlength=len(grid_keys))
-    lo = np.concatenate((wide_lo, grid_keys * resolution))
-    hi = np.concatenate((wide_hi, (grid_keys + 1) * resolution))
-    n = np.concatenate((wide_n, grid_n))
-    s1 = np.concatenate((wide_s, grid_s))
-    order = np.argsort(lo, kind="stable")
-    return Distribution(lo[order], hi[order], n[order], s1[order], dist.within_var)
+    if not math.isfinite(float(dist.hi[-1]) - float(dist.lo[0])):
+        return np.full(len(candidates), np.inf)  # the bin of float32's largest values ends at inf: no density
+    full = _Bins(dist.lo, dist.hi, dist.n / dist.count)
+    octave = np.frexp(candidates)[1] - 1  # floor(log2 t), exactly
+    errors = np.empty(len(candidates))
+    for k in np.unique(octave):
+        group = octave == k
+        errors[group] = _kl_one_resolution(full, 2.0 ** (int(k) - (n_bits + 2)), candidates[group], n_bits, signed,
+                                           dist.count)
+    return errors
+
+
+def _kl_one_resolution(full: _Bins, resolution: float, candidates: np.ndarray, n_bits: int, signed: bool,
+                       total: float) -> np.ndarray:
+    """D_KL(P || Q) = integral of p log(p / q), for candidates whose P has one resolution.
+
+    P and Q are piecewise-constant densities, so the integral is P's negative entropy (a sum
+    over its bins) minus, for every cell, the P mass inside it times the log of Q's density
+    there (a sum over cells, read from P's cumulative mass). Q spreads each level's mass
+    (clipped values included) uniformly over the level's own cell, clipped to the data's
+    extent, and mixes in one pseudo-sample spread over that extent, so values clipped beyond
+    the outer cells cost log(N)-ish nats each.
+    """
+    narrow_mask = (full.hi - full.lo) < resolution
+    narrow = full.subset(narrow_mask)
+    merged = narrow.merged(resolution)
+    vmin = float(merged.lo[0] if narrow_mask[0] else full.lo[0])
+    vmax = float(merged.hi[-1] if narrow_mask[-1] else full.hi[-1])
+    neg_entropy = full.neg_entropy - narrow.neg_entropy + merged.neg_entropy
+    grid = Grid.of(float(candidates[0]), n_bits, signed)
+    step = np.array([Grid.of(float(t), n_bits, signed).step for t in candidates])[:, None]
+    bounds = (np.arange(grid.j_min, grid.j_max + 2, dtype=np.float64) - 0.5)[None, :] * step  # (C, L+1)
+    below = full.below(bounds) - narrow.below(bounds) + merged.below(bounds)
+    in_cell = np.maximum(np.diff(below, axis=1), 0.0)  # P mass inside each level's cell
+    clipped_low, clipped_high = np.maximum(below[:, 0], 0.0), np.maximum(1.0 - below[:, -1], 0.0)
+    level_mass = in_cell.copy()
+    level_mass[:, 0] += clipped_low
+    level_mass[:, -1] += clipped_high
+    support = np.diff(np.clip(bounds, vmin, vmax), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_density = np.where(support > 0, level_mass / support, 0.0)
+    prior = 1.0 / ((vmax - vmin) * total)  # bins have widths, so the extent has one
+    scale = 1.0 + 1.0 / total  # Q's mass and the pseudo-sample's, normalised to one
+    with np.errstate(divide="ignore"):
+        cross = np.sum(np.where(in_cell > 0, in_cell * np.log((q_density + prior) / scale), 0.0), axis=1)
+    cross += (clipped_low + clipped_high) * math.log(prior / scale)
+    return np.maximum(neg_entropy - cross, 0.0)
+
+
+@dataclass(frozen=True)
+class _Bins:
+    """Sorted, non-overlapping bins [lo, hi) with their probability mass, uniform inside each."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    mass: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> _Bins:
+        return _Bins(self.lo[mask], self.hi[mask], self.mass[mask])
+
+    @functools.cached_property
+    def neg_entropy(self) -> float:
+        """Integral of p log p over these bins (p = mass / width)."""
+        return float(np.sum(self.mass * np.log(self.mass / (self.hi - self.lo))))
+
+    @functools.cached_property
+    def _prefix(self) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(self.mass)))
+
+    def below(self, x: np.ndarray) -> np.ndarray:
+        """Mass below each ``x`` (a cut bin counts in proportion, as Distribution.cumulative)."""
+        if not len(self.lo):
+            return np.zeros_like(x)
+        k = np.searchsorted(self.lo, x, side="left")  # bins with lo < x
+        last = np.maximum(k - 1, 0)
+        frac = np.clip((x - self.lo[last]) / (self.hi[last] - self.lo[last]), 0.0, 1.0)
+        return np.where(k > 0, self._prefix[last] + frac * self.mass[last], 0.0)
+
+    def merged(self, resolution: float) -> _Bins:
+        """These bins merged into a linear grid of width ``resolution``: bins are sorted, so
+        their grid keys are too and a run-length sum merges them."""
+        if not len(self.lo):
+            return self
+        keys = np.floor(self.lo / resolution)
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        lo = keys[starts] * resolution
+        return _Bins(lo, lo + resolution, np.add.reduceat(self.mass, starts))

@@ -15,7 +15,11 @@ Contract:
 * power-of-two candidates: 2^k for k = K, K-1, ..., K-16 where K = ceil(log2 max|x|);
   free candidates: max|x| * 2^(-i/16), i = 0..256; largest first; [1.0] for max|x| == 0;
 * NOCLIPPING: the smallest candidate >= max|x|; MSE/MAE/LP: mean |Q(x) - x|^p (p = 2, 1, p);
-* ties within a relative 1e-9 of the best go to the largest threshold (the first candidate).
+* ties within a relative 1e-9 of the best go to the largest threshold (the first candidate);
+* KL (see :func:`kl_divergence`): the integral of p log(p / q) between the float-bits
+  histogram P (bins narrower than 2^(floor(log2 t) - n - 2) merged into a grid of that width)
+  and Q (each level's count of quantized values spread uniformly over the level's cell
+  within P's extent, plus one pseudo-sample spread over the extent, normalised to one).
 """
 
 from __future__ import annotations
@@ -130,6 +134,9 @@ def brute_force_threshold(
         covering = np.flatnonzero(cands >= m)
         idx = int(covering[-1]) if len(covering) else 0
         return float(cands[idx]), cands, errors
+    if name == "KL":
+        errors = np.array([kl_divergence(v, t, n_bits, s) for t in cands])
+        return float(cands[argmin_prefer_large(errors)]), cands, errors
     if name == "LP":
         power = float(p)
     elif name in _METHOD_P:
@@ -138,6 +145,56 @@ def brute_force_threshold(
         raise ValueError(f"no brute-force reference for {name}")
     errors = np.array([lp_error(v, t, n_bits, s, power) for t in cands])
     return float(cands[argmin_prefer_large(errors)]), cands, errors
+
+
+def float_bits_bins(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's bin [lo, hi): its float32 magnitude with the low 15 mantissa bits cleared,
+    and the next such pattern (mirrored for negative values, -0.0 included)."""
+    f = np.abs(np.asarray(v, dtype=np.float32))
+    code = (f.view(np.uint32) >> np.uint32(15)).astype(np.uint32)
+    low = (code << np.uint32(15)).view(np.float32).astype(np.float64)
+    high = ((code + np.uint32(1)) << np.uint32(15)).view(np.float32).astype(np.float64)
+    negative = np.signbit(np.asarray(v, dtype=np.float32))
+    return np.where(negative, -high, low), np.where(negative, -low, high)
+
+
+def kl_divergence(v: np.ndarray, threshold: float, n_bits: int, signed: bool) -> float:
+    """KL of one candidate, integrated piece by piece over the common refinement of P's bins
+    and Q's cells (p and q are constant on each piece); level counts come from quantizing
+    every value (half-way values go away from zero, see below)."""
+    resolution = math.ldexp(1.0, math.frexp(threshold)[1] - 1 - (n_bits + 2))
+    lo, hi = float_bits_bins(v)
+    narrow = (hi - lo) < resolution
+    lo = np.where(narrow, np.floor(lo / resolution) * resolution, lo)
+    hi = np.where(narrow, lo + resolution, hi)
+    bins, counts = np.unique(np.stack((lo, hi), axis=1), axis=0, return_counts=True)
+    total = float(v.size)
+    p_density = counts / total / (bins[:, 1] - bins[:, 0])
+    vmin, vmax = float(bins[0, 0]), float(bins[-1, 1])
+    prior = 1.0 / ((vmax - vmin) * total)
+    step = threshold / 2.0 ** (n_bits - 1) if signed else threshold / 2.0**n_bits
+    j_lo = -(2 ** (n_bits - 1)) if signed else 0
+    j_hi = 2 ** (n_bits - 1) - 1 if signed else 2**n_bits - 1
+    # A value on a cell boundary counts to the level farther from zero: the histogram's bin
+    # of a value starts at it (ends at it, for negatives), so its mass lies on that side.
+    levels = np.clip(np.sign(v) * np.floor(np.abs(v) / step + 0.5), j_lo, j_hi).astype(np.int64)
+    level_mass = np.bincount(levels - j_lo, minlength=j_hi - j_lo + 1) / total
+    cell_edges = (np.arange(j_lo, j_hi + 2) - 0.5) * step
+    support = np.diff(np.clip(cell_edges, vmin, vmax))
+    q_in_cell = np.where(support > 0, level_mass / np.where(support > 0, support, 1.0), 0.0)
+    edges = np.unique(np.concatenate((bins.ravel(), cell_edges)))
+    edges = edges[(edges >= vmin) & (edges <= vmax)]
+    mid, length = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
+    in_bin = np.searchsorted(bins[:, 0], mid, side="right") - 1
+    covered = (in_bin >= 0) & (mid < bins[np.maximum(in_bin, 0), 1])
+    cell = np.searchsorted(cell_edges, mid, side="right") - 1
+    in_cells = (cell >= 0) & (cell <= j_hi - j_lo)
+    q = prior + np.where(in_cells, q_in_cell[np.clip(cell, 0, j_hi - j_lo)], 0.0)
+    q = q / (1.0 + 1.0 / total)
+    p = np.where(covered, p_density[np.maximum(in_bin, 0)], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pieces = np.where(p > 0, p * length * np.log(p / q), 0.0)
+    return max(float(pieces.sum()), 0.0)
 
 
 def sqnr_db(x, q) -> float:

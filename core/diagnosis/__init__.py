@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from quantlens.core.activations import SearchMemo
-from quantlens.core.diagnosis import rules_data, rules_error, rules_range, rules_weights
+from quantlens.core.diagnosis import rules_data, rules_error, rules_range, rules_settings, rules_weights
 from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.settings import DiagnosisSettings
@@ -44,6 +44,7 @@ RULE_ORDER: tuple[Rule, ...] = (
     rules_weights.weight_precision,
     rules_weights.bias_correction,
     rules_data.calibrator_comparison,
+    rules_settings.setting_damage,
 )
 
 NOT_A_CAUSE = frozenset({"degraded-layer", "global-degradation", "sensitive-layers", "first-divergence",

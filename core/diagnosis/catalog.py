@@ -60,6 +60,10 @@ RULES: dict[str, RuleInfo] = {r.id: r for r in [
     RuleInfo("calibrator-comparison", "Threshold method beaten or degenerate",
              "The configured error method is clearly beaten by another, or a method lands on min/max everywhere.",
              Severity.INFO),
+    RuleInfo("setting-damage", "A setting does the damage",
+             "A configured z_threshold or activation_error_method cuts a point's threshold and costs it more than "
+             "one bit of predicted SQNR (half a bit inside a bounded output's natural range: softmax, sigmoid, tanh).",
+             Severity.WARNING),
     RuleInfo("activation-product", "Product of two activations",
              "Attention scores, gates and squeeze-excitation products multiply two quantized tensors.",
              Severity.INFO),

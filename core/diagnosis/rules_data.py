@@ -7,6 +7,8 @@ import numpy as np
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import mct
 from quantlens.core.findings import Finding, Recommendation, Severity
+from quantlens.core.result import PointResult
+from quantlens.core.stats import CalibrationResult
 from quantlens.core.thresholds import ErrorMethod
 
 DEGENERATE_RATIO = 2.0**-8
@@ -37,18 +39,20 @@ def dataset_size(ctx: Context) -> list[Finding]:
     settings = ctx.result.settings
     findings = []
     where = tuple(loc for loc in (ctx.result.data_source, ctx.result.data_config) if loc is not None)
-    if cal.num_samples < ctx.settings.min_samples:
+    thinnest = _fewest_values_per_channel(ctx)
+    if thinnest is not None and thinnest[1] < ctx.settings.min_samples:
+        p, values = thinnest
         findings.append(Finding(
             rule="dataset-size",
             severity=Severity.WARNING,
-            message=(f"the representative dataset has {cal.num_samples} samples; thresholds from fewer than "
-                     f"{ctx.settings.min_samples} are unreliable"),
+            message=(f"the representative dataset has {cal.num_samples} samples: {p.name}'s threshold rests on "
+                     f"{values} values per channel ({cal.num_samples} samples x {values / max(cal.num_samples, 1):g} "
+                     f"positions); thresholds from fewer than {ctx.settings.min_samples} are unreliable"),
             locations=where[:1],
             related=where[1:],
-            evidence={"num_samples": cal.num_samples, "min_samples": ctx.settings.min_samples},
-            recommendation=Recommendation("Use more (and more diverse) calibration samples: hundreds of samples that "
-                                          "cover the deployment conditions.",
-                                          config={"num_calibration_batches": max(cal.num_batches * 2, 8)}),
+            evidence={"num_samples": cal.num_samples, "values_per_channel": values, "point": p.name,
+                      "min_samples": ctx.settings.min_samples},
+            recommendation=_more_data(cal),
         ))
     if cal.num_batches < 2:
         return findings
@@ -79,11 +83,37 @@ def dataset_size(ctx: Context) -> list[Finding]:
             related=(*where[1:], *ctx.locations(worst)),
             evidence={"unstable": [{"point": u[0].name, "thresholds": u[1], "cost_db": u[2]} for u in unstable[: ctx.settings.top_n]],
                       "share": share},
-            recommendation=Recommendation("Add calibration samples that cover more of the input distribution "
-                                          "(more batches, more varied inputs).",
-                                          config={"num_calibration_batches": max(cal.num_batches * 2, 8)}),
+            recommendation=_more_data(cal),
         ))
     return findings
+
+
+def _fewest_values_per_channel(ctx: Context) -> tuple[PointResult, int] | None:
+    """The quantized point whose threshold sees the fewest values per channel, and how many:
+    samples times positions (frames, pixels, tokens), the count of observations of each
+    channel's range. A clip of 101 frames gives a frame-wise layer 101 values per channel and
+    a clip-level head one; channels do not multiply, being different features of one input."""
+    counted = []
+    for p in ctx.quantized:
+        s = ctx.stats(p)
+        observed = s.count + s.nonfinite  # NaN/Inf are the nonfinite rule's problem, not the dataset's
+        if observed == 0:
+            continue
+        channels = len(s.channel_min) if p.info.channel_axis != 0 else 1  # axis 0: a 0-d or 1-d output
+        counted.append((p, observed // max(channels, 1)))
+    return min(counted, key=lambda c: c[1]) if counted else None
+
+
+def _more_data(cal: CalibrationResult) -> Recommendation:
+    """``num_calibration_batches`` is a cap on what the data function yields: raising it adds
+    data only when the cap stopped the data function; otherwise the data function needs more."""
+    advice = "Use more (and more diverse) calibration samples: hundreds of samples that cover the deployment conditions"
+    if cal.batch_limit is not None and cal.num_batches >= cal.batch_limit:
+        return Recommendation(f"{advice}. num_calibration_batches = {cal.batch_limit} stopped the data function after "
+                              f"{cal.num_batches} batches: raise or remove it if the data function yields more, "
+                              "otherwise add samples to the data function.")
+    return Recommendation(f"{advice}. The data function yields {cal.num_batches} batches ({cal.num_samples} samples) "
+                          "in all: add samples to it (num_calibration_batches only caps what it yields).")
 
 
 def dataset_mismatch(ctx: Context) -> list[Finding]:
@@ -167,7 +197,8 @@ def calibrator_comparison(ctx: Context) -> list[Finding]:
             mse_clips = [p for p in points if p.activation.method_thresholds.get("MSE") != p.activation.method_thresholds.get("NOCLIPPING")]
             if len(tiny) >= max(1, len(points) // 2):
                 findings.append(_degenerate(ctx, method.value, tiny, f"lands 256x or more below the data's range at {len(tiny)} of {len(points)} points"))
-            elif method is not ErrorMethod.MSE and len(same) == len(points) and len(mse_clips) >= max(1, len(points) // 2):
+            elif (method is not ErrorMethod.MSE and method.value == configured and len(same) == len(points)
+                  and len(mse_clips) >= max(1, len(points) // 2)):  # a method not in use is not advice
                 findings.append(_degenerate(ctx, method.value, same, f"never clips (min/max threshold at all {len(points)} points) while MSE clips at {len(mse_clips)}"))
     return findings
 

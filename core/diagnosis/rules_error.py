@@ -6,11 +6,16 @@ the problem is local, starts somewhere upstream, or is global.
 
 from __future__ import annotations
 
+import math
+
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.metrics import ErrorSums
+from quantlens.core.result import PointResult
 
 WIDE_BITS = 16
+FEW_POINTS = 3
+""""One or a few" upstream points: when more fail on their own quantization, the problem is global."""
 
 
 def mct(**quantization_config: object) -> str:
@@ -98,7 +103,9 @@ def output_and_global(ctx: Context) -> list[Finding]:
             ))
     if ctx.quantized:
         ratio = len(ctx.degraded) / len(ctx.quantized)
-        if ctx.degraded and ratio > ctx.settings.threshold_degrade_layer_ratio and not _one_point_recovers(ctx):
+        own = _failing_alone(ctx)
+        if (ctx.degraded and ratio > ctx.settings.threshold_degrade_layer_ratio and not _one_point_recovers(ctx)
+                and not _few_points_explain(ctx, own)):
             findings.append(Finding(
                 rule="global-degradation",
                 severity=Severity.ERROR,
@@ -107,7 +114,8 @@ def output_and_global(ctx: Context) -> list[Finding]:
                 points=tuple(sorted(ctx.degraded)),
                 locations=ctx.locations(next(p for p in ctx.quantized if p.name in ctx.degraded)),
                 evidence={"degraded": len(ctx.degraded), "layers": len(ctx.quantized), "ratio": ratio,
-                          "threshold_degrade_layer_ratio": ctx.settings.threshold_degrade_layer_ratio},
+                          "threshold_degrade_layer_ratio": ctx.settings.threshold_degrade_layer_ratio,
+                          "isolated_failed_points": own},
                 recommendation=Recommendation(
                     "The bit width is too low for this model as a whole: raise activation_n_bits / weights_n_bits, "
                     "use mixed precision, GPTQ or quantization-aware training.",
@@ -130,14 +138,76 @@ def _one_point_recovers(ctx: Context) -> bool:
     return gain >= ctx.settings.divergence_jump_db and not ctx.settings.is_degraded("sqnr", after / 100.0)
 
 
+def _failing_alone(ctx: Context) -> list[str]:
+    """The points degraded by their own quantization: their isolated error fails the limits
+    (the user's metrics are measured cumulatively, so they do not count here)."""
+    return [p.name for p in ctx.quantized if p.isolated is not None and failed_metrics(ctx, p.isolated, {})]
+
+
+def _few_points_explain(ctx: Context, own: list[str]) -> bool:
+    """True when the degraded layers inherit the error of a few points that fail on their own.
+
+    That needs between one and FEW_POINTS points failing in isolation, and every other
+    degraded point must be fine without them: the isolated noise of the rest of its
+    upstream points (itself included), added up to first order as quantization noise adds
+    (the estimate of :mod:`quantlens.core.rediagnose`), stays within the limits. Many points
+    each adding a little is accumulation, a global problem, even when none fails alone.
+    """
+    if not own or len(own) > FEW_POINTS:
+        return False
+    culprits = set(own)
+    for name in ctx.degraded - culprits:
+        rest = [q.isolated for q in _upstream(ctx, ctx.by_name[name])
+                if q.name not in culprits and q.isolated is not None]
+        nsr = sum(sums.sum_ee / sums.sum_xx for sums in rest if sums.sum_xx > 0)
+        if _noise_degrades(ctx, nsr):
+            return False
+    return True
+
+
+def _upstream(ctx: Context, p: PointResult) -> list[PointResult]:
+    """``p`` and the quantized points its value is computed from: its ancestors in the data
+    flow discovery recorded, or every point before it when no flow was recorded."""
+    if not any(q.info.inputs for q in ctx.points):
+        return [q for q in ctx.quantized if q.info.order <= p.info.order]
+    seen = {p.name}
+    todo = [p.name]
+    while todo:
+        for name in ctx.by_name[todo.pop()].info.inputs:
+            if name not in seen and name in ctx.by_name:
+                seen.add(name)
+                todo.append(name)
+    return [q for q in ctx.quantized if q.name in seen]
+
+
+def _noise_degrades(ctx: Context, nsr: float) -> bool:
+    """Whether noise of ``nsr`` (error energy over signal energy), uncorrelated with the
+    signal, fails the configured limits: its normalised MSE is ``nsr``, and its SQNR and the
+    SNR its cosine implies are both -10 log10(nsr) dB (see DiagnosisSettings)."""
+    if nsr <= 0:
+        return False
+    db = -10.0 * math.log10(nsr) / 100.0
+    return any(ctx.settings.is_degraded(m, score) for m, score in (("mse", nsr), ("sqnr", db), ("cs", db)))
+
+
+def _point_before(ctx: Context, p: PointResult) -> PointResult | None:
+    """The point whose error ``p`` receives: of the points it consumes (the data flow), the
+    one with the worst cumulative SQNR; None when it reads only the model input."""
+    producers = [ctx.by_name[n] for n in p.info.inputs if n in ctx.by_name and ctx.by_name[n].cumulative is not None]
+    return min(producers, key=lambda q: q.cumulative.sqnr_db) if producers else None  # type: ignore[union-attr]
+
+
 def first_divergence(ctx: Context) -> list[Finding]:
+    """The first point on the path to the output whose cumulative SQNR falls more than
+    divergence_jump_db below the point it reads from: where the damage starts."""
     s = ctx.settings
-    previous: list[float] = []
     for p in ctx.quantized:
-        if p.cumulative is None:
+        before = _point_before(ctx, p)
+        if p.cumulative is None or before is None or not p.info.feeds_output:
             continue
         c = p.cumulative.sqnr_db
-        if previous and min(previous) - c > s.divergence_jump_db and (p.name in ctx.degraded or c < 30.0):
+        b = before.cumulative.sqnr_db  # type: ignore[union-attr]
+        if b - c > s.divergence_jump_db and (p.name in ctx.degraded or c < 30.0):
             iso = p.isolated.sqnr_db if p.isolated else c
             own = iso - c < s.divergence_jump_db
             cause = (f"its own quantization costs it (isolated SQNR {iso:.1f} dB)" if own else
@@ -145,15 +215,15 @@ def first_divergence(ctx: Context) -> list[Finding]:
             return [Finding(
                 rule="first-divergence",
                 severity=Severity.INFO,
-                message=(f"the damage starts at {p.name}: cumulative SQNR falls from {min(previous):.1f} to {c:.1f} dB; "
-                         + cause),
+                message=(f"the damage starts at {p.name}: cumulative SQNR falls from {b:.1f} dB at {before.name} "
+                         f"to {c:.1f} dB; " + cause),
                 points=(p.name,),
                 locations=ctx.locations(p),
-                evidence={"cumulative_sqnr_db": c, "best_before_db": min(previous), "isolated_sqnr_db": iso},
+                evidence={"cumulative_sqnr_db": c, "before_point": before.name, "before_db": b,
+                          "isolated_sqnr_db": iso},
                 recommendation=Recommendation(
                     f"Fix {p.name} first: everything after it inherits its error.", config=keep_wide([p.name])),
             )]
-        previous.append(c)
     return []
 
 

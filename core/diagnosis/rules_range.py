@@ -23,6 +23,9 @@ BULK_FLOOR_BITS = 4
 ACCEPTABLE_LOSS_DB = 6.0
 """A z_threshold is recommended only when all values together lose at most this much."""
 NORM_INPUT_Z = 10.0
+PROBABILITY_ACTIVATIONS = frozenset({"sigmoid", "hardsigmoid"})
+PROBABILITY_OPS = frozenset({"softmax", "Softmax"})
+"""Functional softmax and nn.Softmax: with the sigmoids, outputs bounded to [0, 1] by construction."""
 
 
 def outliers_zscore(ctx: Context) -> list[Finding]:
@@ -87,9 +90,17 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
     return findings
 
 
+def _probability(p: PointResult) -> bool:
+    return p.info.activation in PROBABILITY_ACTIVATIONS or p.info.op in PROBABILITY_OPS
+
+
 def outliers_iqr(ctx: Context) -> list[Finding]:
+    """Heavy-tailed points by Tukey's fences. Probability outputs (softmax, sigmoid) are left
+    out: their range is [0, 1] whatever the data, and a sparse one (most mass near 0) has
+    quartiles near 0, so every confident prediction lies beyond 1.5 IQR without being a tail
+    that stretches the grid."""
     share = ctx.settings.iqr_outlier_share
-    ranked = sorted(ctx.quantized, key=lambda p: -p.activation.iqr_outlier_fraction)
+    ranked = sorted((p for p in ctx.quantized if not _probability(p)), key=lambda p: -p.activation.iqr_outlier_fraction)
     flagged = [p for p in ranked if p.activation.iqr_outlier_fraction > share]
     top = [{"point": p.name, "iqr_outlier_fraction": p.activation.iqr_outlier_fraction} for p in ranked[: ctx.settings.top_n]]
     findings = []
@@ -191,9 +202,12 @@ def unbalanced_concat(ctx: Context) -> list[Finding]:
 
 
 def activation_products(ctx: Context) -> list[Finding]:
+    """Products of two activations. An operand that does not vary with the input (a buffer,
+    a parameter, a constant computed from them) is no activation: a product with it scales
+    one activation, whose error the product only carries on."""
     findings = []
     for p in ctx.quantized:
-        if p.info.op not in ("mul", "matmul") or p.info.num_inputs < 2:
+        if p.info.op not in ("mul", "matmul") or p.info.num_inputs - len(p.info.constant_inputs) < 2:
             continue
         s = ctx.stats(p)
         ranges = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(s.input_min, s.input_max)]

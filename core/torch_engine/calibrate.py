@@ -58,9 +58,11 @@ def calibrate_batches(
     progress: Progress | None = None,
     total: int | None = None,
     points: list[PointInfo] | None = None,
+    limit: int | None = None,
 ) -> CalibrationResult:
     """Statistics of every point over ``batches``; ``points`` skips discovery (e.g. to
-    measure validation data at the calibration's points)."""
+    measure validation data at the calibration's points). ``limit`` is the
+    ``num_calibration_batches`` cap ``batches`` were read under, recorded for the dataset rule."""
     model.eval()
     device = model_device(model)
     workspace = Workspace(roots)
@@ -74,6 +76,7 @@ def calibrate_batches(
             if collector is None:
                 if points is None:
                     discovery = Discovery(model, workspace, sites)
+                    discovery.model_inputs([*batch.args, *batch.kwargs.values()])
                     with Instrumentation(model, discovery):
                         run_forward(model, batch, roots, count)
                     points = discovery.points()
@@ -95,6 +98,7 @@ def calibrate_batches(
         raise QuantlensError([Problem("the representative dataset is empty", None, code="data")])
     return CalibrationResult(
         points=points, stats=collector.finish(), num_batches=count, num_samples=samples, input_signature=signature,
+        batch_limit=limit,
     )
 
 

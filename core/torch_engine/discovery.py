@@ -4,12 +4,18 @@ The first calibration batch runs with a discovery handler that follows tensors b
 a BatchNorm whose input *is* a conv's output is folded into it, an activation whose input
 *is* that output is fused. The result is the list of points in execution order, each with
 the modules it covers, its creating line and its call site.
+
+The same forward follows the data flow through every op (reshapes and indexing included):
+each tensor carries the points it was computed from and whether it varies with the model
+input, which gives each point its producers, tells a side head that never reaches the
+model output from the path to it, and a constant operand (a buffer) from an activation.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +45,15 @@ class _Group:
     ndim: int = 0
     num_inputs: int = 1
     call_site: Location | None = None
+    inputs: set[str] = field(default_factory=set)
+    """Groups whose outputs it consumes (the data flow)."""
+    varies: bool = False
+    """Whether its output varies with the model input."""
+    constant_inputs: list[int] = field(default_factory=list)
+
+
+Flow = tuple[frozenset[str], bool]
+"""What a tensor was computed from: the nearest points upstream, and whether it varies with the model input."""
 
 
 class Discovery:
@@ -55,7 +70,26 @@ class Discovery:
         """id(tensor) -> (tensor kept alive, group name, fusion stage: 0 anchor, 1 after BN, 2 final)."""
         self.conflicts: set[str] = set()
         self.call_sites: dict[str, Location] = {}
+        self.flow: dict[int, tuple[weakref.ref, Flow]] = {}
+        """id(tensor) -> (weak reference, its flow): every tensor of the forward, none kept alive."""
+        self.output_points: frozenset[str] = frozenset()
+        """The points the model output is computed from (empty: not followed)."""
         self._order = 0
+
+    def model_inputs(self, tensors: Iterable[Any]) -> None:
+        """Mark the batch's tensors (before the forward): what varies with the data."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._set_flow(t, (frozenset(), True))
+
+    def tensor_op(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        """An op that is no point: its output is computed from what its inputs were (an
+        in-place op returning None, ``x[i] = y``, changes its first argument)."""
+        produced = _tensors(args[:1]) if output is None else _tensors(output)
+        if produced:
+            flow = self._flow_of(_tensors((args, kwargs)))
+            for t in produced:
+                self._set_flow(t, flow)
 
     # -- handler interface -------------------------------------------------------------
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -65,38 +99,46 @@ class Discovery:
                 self.call_sites[name] = frames[0]
 
     def module_output(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not ops.is_point_module(module):
-            return None
+        if ops.is_point_module(module):
+            self._flow_point(self._module_point(name, module, args, output), _tensors(args), output)
+        if module is self.model:
+            self.output_points = self._flow_of(_tensors(first_tensor(output)))[0]
+        return None
+
+    def _module_point(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> str:
+        """The group a point module's output belongs to: a new one, or the one it fuses onto."""
         out = first_tensor(output)
         inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
         source = self._producer(inp)
         if isinstance(module, ops.WEIGHTED):
             self._new_group(name, [name], ["weighted"], [type(module).__name__], out)
             self._mark(out, name, 0)
-            return None
+            return name
         if isinstance(module, ops.BATCHNORM) and source and source[1] == 0 and self._fusable(name, source[0]):
             self._fuse(source[0], name, "bn", module, None)
             self._mark(out, source[0], 1)
-            return None
+            return source[0]
         act = ops.activation_name(module)
         if act and source and source[1] in (0, 1) and self._fusable(name, source[0]):
             self._fuse(source[0], name, "act", module, act)
             self._mark(out, source[0], 2)
-            return None
+            return source[0]
         if name in self.group_of_module:
             # A shared module met again in another context: keep its first role.
-            return None
+            return self.group_of_module[name]
         group = self._new_group(name, [name], ["module"], [type(module).__name__], out)
         group.activation = act
         self._mark(out, name, 2)
-        return None
+        return name
 
     def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
                         kwargs: dict[str, Any], output: Any) -> None:
         out = first_tensor(output)
         if out is None or not out.is_floating_point():
+            self.tensor_op(args, kwargs, output)
             return None
         inputs = tensor_inputs(op, args, kwargs)
+        consumed = _tensors((args, kwargs))
         source = self._producer(inputs[0] if inputs else None)
         call_site = self._function_call_site()
         if op in ops.ACTIVATION_OPS and source and source[1] in (0, 1):
@@ -110,6 +152,7 @@ class Discovery:
                 group.func = func
                 group.func_kwargs = {k: v for k, v in kwargs.items()}
                 self._mark(out, source[0], 2)
+                self._flow_point(source[0], consumed, output)
                 return None
         group = self._new_group(key, [], [], [], out)
         group.function_key = key
@@ -119,7 +162,9 @@ class Discovery:
         group.kinds = ["function"]
         group.module_types = [op]
         group.call_site = call_site
+        group.constant_inputs = [i for i, t in enumerate(inputs) if not self._flow_of([t])[1]]
         self._mark(out, key, 2)
+        self._flow_point(key, consumed, output)
         return None
 
     # -- helpers -----------------------------------------------------------------------
@@ -130,6 +175,44 @@ class Discovery:
         if hit is None or hit[0] is not tensor:
             return None
         return hit[1], hit[2]
+
+    def _flow_of(self, tensors: list[torch.Tensor]) -> Flow:
+        """The union of the tensors' flows; a tensor never seen (a parameter, a buffer, a
+        constant made in forward) comes from no point and does not vary."""
+        points: set[str] = set()
+        varies = False
+        for t in tensors:
+            hit = self.flow.get(id(t))
+            if hit is not None and hit[0]() is t:
+                points |= hit[1][0]
+                varies = varies or hit[1][1]
+        return frozenset(points), varies
+
+    def _set_flow(self, tensor: torch.Tensor, flow: Flow) -> None:
+        self.flow[id(tensor)] = (weakref.ref(tensor), flow)
+
+    def _flow_point(self, group_name: str, consumed: list[torch.Tensor], output: Any) -> None:
+        """A point's output: its inputs are the points upstream of what it consumed, and what
+        it produces comes from this point alone."""
+        group = self.groups[group_name]
+        points, varies = self._flow_of(consumed)
+        group.inputs |= points - {group_name}
+        group.varies = group.varies or varies
+        for t in _tensors(output):
+            self._set_flow(t, (frozenset({group_name}), group.varies))
+
+    def _feeding(self) -> set[str] | None:
+        """The points the model output is computed from, through any number of points
+        (None when the output's flow was not followed: then no point is ruled out)."""
+        if not self.output_points:
+            return None
+        seen = set(self.output_points)
+        todo = list(seen)
+        while todo:
+            for upstream in self.groups[todo.pop()].inputs - seen:
+                seen.add(upstream)
+                todo.append(upstream)
+        return seen
 
     def _mark(self, tensor: torch.Tensor | None, group_name: str, stage: int) -> None:
         if tensor is not None:
@@ -167,6 +250,7 @@ class Discovery:
     def points(self) -> list[PointInfo]:
         """The discovered points in execution order."""
         result: list[PointInfo] = []
+        feeding = self._feeding()
         for name, group in sorted(self.groups.items(), key=lambda kv: kv[1].order):
             modules = [m for m, k in zip(group.members, group.kinds) if k != "function"]
             anchor = self.modules.get(modules[0]) if modules else None
@@ -191,6 +275,9 @@ class Discovery:
                 channel_axis=self._channel_axis(anchor, group.ndim),
                 order=len(result),
                 num_inputs=group.num_inputs,
+                inputs=sorted(group.inputs, key=lambda n: self.groups[n].order),
+                feeds_output=feeding is None or name in feeding,
+                constant_inputs=group.constant_inputs,
             ))
         return result
 
@@ -202,3 +289,14 @@ class Discovery:
         if ndim in (4, 5) or (ndim == 3 and isinstance(anchor, ops.CHANNELS_FIRST)):
             return 1
         return ndim - 1
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in an op's arguments or result: nested tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []

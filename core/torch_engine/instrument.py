@@ -32,6 +32,10 @@ class Handler(Protocol):
     def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
                         kwargs: dict[str, Any], output: Any) -> Any: ...
 
+    # Optional: ``tensor_op(args, kwargs, output)``, called after every other op outside point
+    # modules (reshapes, indexing, pooling, products with constants), for a handler that
+    # follows the data flow (discovery); the others leave it out and pay nothing for it.
+
 
 class Instrumentation(TorchFunctionMode):
     """Context manager: hooks on ``model`` plus the function mode, calling ``handler``."""
@@ -41,6 +45,7 @@ class Instrumentation(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.handler = handler
+        self.follow: Callable[[tuple[Any, ...], dict[str, Any], Any], None] | None = getattr(handler, "tensor_op", None)
         self.watched = watched
         self.watch_functions = watch_functions
         self.names = {m: n for n, m in model.named_modules()}
@@ -104,10 +109,13 @@ class Instrumentation(TorchFunctionMode):
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         op = ops.FUNCTION_OPS.get(func)
-        if op is None or self.suppress:
+        if self.suppress:
             return func(*args, **kwargs)
-        if op in ops.BINARY_OPS and not _two_tensors(args, kwargs):
-            return func(*args, **kwargs)
+        if op is None or (op in ops.BINARY_OPS and not _two_tensors(args, kwargs)):
+            output = func(*args, **kwargs)
+            if self.follow is not None:
+                self.follow(args, kwargs, output)
+            return output
         output = func(*args, **kwargs)
         enclosing = self.stack[-1] if self.stack else ""
         index = self.counters[(enclosing, op)]

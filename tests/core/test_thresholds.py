@@ -374,6 +374,70 @@ def test_kl_errors_finite_and_non_negative(kind, seed):
                 assert kl.threshold in kl.candidates
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+PROBABILITY_KINDS = ["softmax_5", "softmax_30", "softmax_300", "sigmoid_mostly_off", "sigmoid_saturated"]
+
+
+def _probability_output(kind: str, seed: int) -> np.ndarray:
+    """Classifier-head outputs: softmax over 10 classes of logits with a scale that makes it
+    confident (at 300 most probabilities underflow to exact 0 and the top one is exactly 1,
+    as with logits spanning [-944, 1475]), and sigmoids of mostly negative or of wide logits."""
+    rng = np.random.default_rng(300 + seed)
+    family, _, scale = kind.partition("_")
+    if family == "softmax":
+        x = _softmax(rng.normal(0.0, float(scale), (2000, 10)))
+    elif scale == "mostly_off":
+        x = 1.0 / (1.0 + np.exp(-rng.normal(-8.0, 4.0, 20000)))
+    else:
+        x = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 10.0, 20000)))
+    return x.astype(np.float32).ravel()
+
+
+def _assert_kl_matches_brute_force(x: np.ndarray, n_bits: int) -> None:
+    kl = search_all(hist_dist(x), n_bits, methods=(M.KL,))[M.KL]
+    t_ref, cands, errs = ref.brute_force_threshold(x, M.KL, n_bits)
+    np.testing.assert_array_equal(kl.candidates, cands)
+    np.testing.assert_allclose(kl.errors, errs, rtol=1e-9, atol=1e-12)
+    if kl.threshold != t_ref:  # acceptable only as a tie on the brute-force curve
+        e_core, e_ref = errs[kl.index], errs[int(np.flatnonzero(cands == t_ref)[0])]
+        assert abs(e_core - e_ref) <= TIE_RTOL * abs(e_ref) + 1e-300, (kl.threshold, t_ref)
+
+
+@pytest.mark.parametrize("n_bits", [4, 8])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("kind", PROBABILITY_KINDS)
+def test_kl_matches_brute_force_on_probability_outputs(kind, seed, n_bits):
+    """The whole KL curve equals the integral over the raw values' own bins and levels."""
+    _assert_kl_matches_brute_force(_probability_output(kind, seed), n_bits)
+
+
+@pytest.mark.parametrize("n_bits", [4, 8])
+@pytest.mark.parametrize("kind", KL_KINDS)
+def test_kl_matches_brute_force(kind, n_bits):
+    _assert_kl_matches_brute_force(_kl_data(kind, 0), n_bits)
+
+
+def test_kl_matches_brute_force_with_rare_far_outliers():
+    x = _kl_data("gauss", 1)
+    x[:2] = [800.0, -300.0]
+    _assert_kl_matches_brute_force(x, 8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", PROBABILITY_KINDS)
+def test_kl_keeps_probability_outputs_at_their_bound(kind, seed):
+    """One resolution for every candidate cut confident softmax outputs to 2^-10 (0 dB) and a
+    mostly-off sigmoid to 0.5 (9 dB); KL must keep the natural bound 1 and the output's SQNR."""
+    x = _probability_output(kind, seed)
+    kl = search_all(hist_dist(x), 8, methods=(M.KL,))[M.KL]
+    sqnr = ref.sqnr_db(x, ref.quantize(ref.as_values(x), kl.threshold, 8, kl.signed))
+    assert kl.threshold == 1.0 and sqnr >= 30.0, f"KL threshold {kl.threshold}: {sqnr:.1f} dB"
+
+
 # ---------------------------------------------------------------- edge cases
 
 
