@@ -8,7 +8,7 @@ For every model fixture, on a private copy under a temp folder:
    (sent right after its publishDiagnostics, in the same call). The worker's follow-up
    measurement ("up to date") is awaited between saves, so saves never overlap;
 2. model change: a comment appended to model.py, saved; timed until "up to date" with the new
-  diagnostics, interleaved with ``quantlens check DIR --no-progress`` on the same copy;
+   diagnostics, interleaved with ``quantlens check DIR --no-progress`` on the same copy;
 3. cold start on a warm cache: a fresh server on the analysed folder, ``initialize`` -> first
    diagnostics;
 4. idle RSS of the server and of its worker processes once the first analysis settled;
@@ -49,7 +49,7 @@ from pytest_lsp.client import DEFAULT_CLIENT_FEATURES, register_lsp_features  # 
 from quantlens.core.config import load_config  # noqa: E402
 from quantlens.daemon.cache import Cache, project_inputs  # noqa: E402
 from quantlens.daemon.server import DEBOUNCE_S, STATUS  # noqa: E402
-from tests.daemon.lsp_session import CAPABILITIES, SERVER, copy_fixture, save  # noqa: E402
+from tests.daemon.lsp_session import CAPABILITIES, SERVER, copy_fixture, save, until  # noqa: E402
 
 MODEL_FIXTURES = ["mobilenet_like", "deit_tiny", "two_branch_concat", "activations_zoo", "clean_mlp"]
 CHURN_FIXTURE = "two_branch_concat"
@@ -83,17 +83,19 @@ class Session:
         def on_status(params: Any) -> None:  # pygls hands unknown notifications over as named tuples
             self.status.append((time.perf_counter(), params if isinstance(params, dict) else dict(params._asdict())))
 
-        register_lsp_features(self.client, {**DEFAULT_CLIENT_FEATURES, types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS: on_publish,
-                                            types.WINDOW_LOG_MESSAGE: on_log, STATUS: on_status,
-                                            types.CLIENT_REGISTER_CAPABILITY: lambda params: None,
-                                            types.WORKSPACE_INLAY_HINT_REFRESH: lambda params: None})
+        register_lsp_features(self.client, {
+            **DEFAULT_CLIENT_FEATURES, types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS: on_publish,
+            types.WINDOW_LOG_MESSAGE: on_log, STATUS: on_status,
+            types.CLIENT_REGISTER_CAPABILITY: lambda params: None,
+            types.WORKSPACE_INLAY_HINT_REFRESH: lambda params: None})
 
     @property
     def pid(self) -> int:
         return self.client._server.pid  # the server process pytest-lsp spawned (no shell in between)
 
-    async def open(self, root: Path) -> tuple[float, float]:
-        """Start the server and initialize it on ``root``; returns (spawn, initialize) times."""
+    async def open(self, root: Path) -> tuple[float, float, float]:
+        """Start the server and initialize it on ``root``; returns when the process was spawned,
+        when ``initialize`` was sent and when its answer came (the server has imported by then)."""
         spawned = time.perf_counter()
         await self.client.start_io(*SERVER.server_command)
         initialize = time.perf_counter()
@@ -101,24 +103,24 @@ class Session:
         await self.client.initialize_session(types.InitializeParams(
             capabilities=CAPABILITIES, root_uri=uri, workspace_folders=[types.WorkspaceFolder(uri=uri, name=root.name)],
             initialization_options={}))
-        return spawned, initialize
+        return spawned, initialize, time.perf_counter()
 
     async def close(self) -> None:
         await self.client.shutdown_session()
         await self.client.stop()
 
     def statuses_after(self, index: int) -> list[tuple[int, float, dict[str, Any]]]:
-        return [(i, t, s) for i, (t, s) in enumerate(self.status) if i >= index]
+        return [(i, t, s) for i, (t, s) in enumerate(self.status[index:], start=index)]
 
     async def rediagnosis(self, index: int, timeout: float = 60.0) -> tuple[int, float, dict[str, Any]]:
         """The first status from a publish (it carries a findings count) at or after ``index``."""
-        return await until(lambda: next(((i, t, s) for i, t, s in self.statuses_after(index)
+        return await self.until(lambda: next(((i, t, s) for i, t, s in self.statuses_after(index)
                                          if s["state"] in SETTLED and s["findings"] is not None), None),
                            timeout, "a re-diagnosis")
 
     async def measured(self, index: int) -> tuple[int, float, dict[str, Any]]:
         """The first "up to date" (or failed) status from a publish after ``index``."""
-        return await until(lambda: next(((i, t, s) for i, t, s in self.statuses_after(index + 1)
+        return await self.until(lambda: next(((i, t, s) for i, t, s in self.statuses_after(index + 1)
                                          if s["state"] in ("up to date", "failed") and s["findings"] is not None),
                                         None), WORKER_TIMEOUT_S, "the worker's measurement")
 
@@ -133,15 +135,19 @@ class Session:
     def published(self, index: int, uri: str) -> float | None:
         return next((t for t, u in self.publishes[index:] if u == uri), None)
 
+    async def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """:func:`until`, and on a timeout what the server said last (a hung bench says why)."""
+        try:
+            return await until(predicate, timeout, what, POLL_S)
+        except AssertionError as exc:
+            returncode = self.client._server.returncode if self.client._server else None
+            raise TimeoutError(f"{exc}; server exit status {returncode}; last statuses "
+                               f"{[s for _, s in self.status[-5:]]}; last log lines "
+                               f"{[m for _, m in self.logs[-5:]]}") from None
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.005)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+POLL_S = 0.005
+"""The client polls for the server's messages this often (part of every time measured)."""
 
 
 # ---------------------------------------------------------------------- processes
@@ -263,20 +269,22 @@ async def model_change(s: Session, root: Path, edit: int) -> dict[str, float]:
     _, at, last = await s.measured(index)
     if last["state"] != "up to date":
         raise RuntimeError(f"{root.name}: the run after a model edit failed: {last}")
-    await until(lambda: s.log_after(i_log, WORKER_RUN), 10, "the worker-run log line")
+    await s.until(lambda: s.log_after(i_log, WORKER_RUN), 10, "the worker-run log line")
     worker = s.log_after(i_log, WORKER_RUN)
     assert worker is not None
     return {"daemon_s": at - start, "worker_run_s": worker[1], "engine_s": engine_seconds(root)}
 
 
-def check_seconds(root: Path) -> float:
+def check_run(root: Path, out: Path) -> dict[str, float]:
+    """Wall time of ``quantlens check`` and its worker's own stage timings (from ``--json``)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "quantlens.daemon.cli", "check", str(root), "--no-progress"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run([sys.executable, "-m", "quantlens.daemon.cli", "check", str(root), "--no-progress", "--fail-on", "never",
+                           "--json", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"quantlens check {root} exited {done.returncode}: {done.stderr[-2000:]}")
-    return elapsed
+    timings = json.loads(out.read_text(encoding="utf-8"))["timings_s"]
+    return {"check_s": elapsed, "check_engine_s": sum(v for k, v in timings.items() if k != "diagnose")}
 
 
 async def model_vs_check(s: Session, root: Path, rounds: int) -> dict[str, Any]:
@@ -286,9 +294,9 @@ async def model_vs_check(s: Session, root: Path, rounds: int) -> dict[str, Any]:
         await settle(s.pid)
         a = await model_change(s, root, r)
         await settle(s.pid)
-        b = await asyncio.to_thread(check_seconds, root)
+        b = await asyncio.to_thread(check_run, root, root.parent / f"{root.name}-check.json")
         if r > 0:
-            rows.append({**a, "check_s": b})
+            rows.append({**a, **b, "load": os.getloadavg()[0]})
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     return {
         "rounds": rounds, **{f"{k}_median": v for k, v in med.items()},
@@ -296,7 +304,8 @@ async def model_vs_check(s: Session, root: Path, rounds: int) -> dict[str, Any]:
         "daemon_over_engine": statistics.median(row["daemon_s"] / row["engine_s"] for row in rows),
         "daemon_minus_debounce_over_engine": statistics.median(
             (row["daemon_s"] - DEBOUNCE_S) / row["engine_s"] for row in rows),
-        "check_over_engine": statistics.median(row["check_s"] / row["engine_s"] for row in rows),
+        "check_over_engine": statistics.median(row["check_s"] / row["check_engine_s"] for row in rows),
+        "engine_over_check_engine": statistics.median(row["engine_s"] / row["check_engine_s"] for row in rows),
         "rows": rows,
     }
 
@@ -307,13 +316,14 @@ async def cold_starts(root: Path, starts: int, model_published: bool) -> dict[st
     rows = []
     for _ in range(starts):
         s = Session()
-        spawned, initialize = await s.open(root)
+        spawned, initialize, answered = await s.open(root)
         if model_published:
-            at = await until(lambda: s.published(0, model_uri), 60, "the first diagnostics")
+            at = await s.until(lambda: s.published(0, model_uri), WORKER_TIMEOUT_S, "the first diagnostics")
         else:
             _, at, _ = await s.rediagnosis(0)
         _, _, first = await s.rediagnosis(0)
         rows.append({"from_initialize_s": at - initialize, "from_spawn_s": at - spawned,
+                     "initialize_answer_s": answered - initialize,
                      "first_state": first["state"],
                      "worker_ran": any(st["state"] == "analysing" for _, st in s.status)})
         await s.close()
@@ -321,6 +331,7 @@ async def cold_starts(root: Path, starts: int, model_published: bool) -> dict[st
         "starts": starts, "waited_for": "publishDiagnostics(model.py)" if model_published else "quantlens/status",
         "from_initialize_median_ms": 1e3 * statistics.median(r["from_initialize_s"] for r in rows),
         "from_spawn_median_ms": 1e3 * statistics.median(r["from_spawn_s"] for r in rows),
+        "initialize_answer_median_ms": 1e3 * statistics.median(r["initialize_answer_s"] for r in rows),
         "first_states": sorted({r["first_state"] for r in rows}),
         "worker_ran": any(r["worker_ran"] for r in rows),
     }
@@ -348,7 +359,8 @@ async def bench_fixture(name: str, tmp: Path, saves: int, rounds: int, starts: i
     finally:
         await s.close()
     cold = await cold_starts(root, starts, model_published)
-    return {"fixture": name, "idle": memory, "config_save": saved, "model_change": changed, "cold_start": cold}
+    return {"fixture": name, "load_average": os.getloadavg()[0], "idle": memory, "config_save": saved,
+            "model_change": changed, "cold_start": cold}
 
 
 async def churn(tmp: Path, saves: int, budget_s: float, checkpoints: list[int]) -> dict[str, Any]:
@@ -369,7 +381,7 @@ async def churn(tmp: Path, saves: int, budget_s: float, checkpoints: list[int]) 
             i_log = len(s.logs)
             start = time.perf_counter()
             save(s.client, config, original + "z_threshold = 9\n" if i % 2 == 0 else original)
-            at, _ = await until(lambda: s.log_after(i_log, REDIAGNOSED), 60, "a re-diagnosis")
+            at, _ = await s.until(lambda: s.log_after(i_log, REDIAGNOSED), 60, "a re-diagnosis")
             latencies.append(at - start)
             done = i + 1
             out_of_time = time.perf_counter() - began > budget_s
@@ -441,36 +453,41 @@ def render(rows: list[dict[str, Any]], churned: dict[str, Any] | None, command: 
             f"{c['server_median_ms']:.0f} ms | {published} |")
     lines += [
         "",
-        "**Model change -> up to date.** A comment is appended to model.py and saved (new cache key: calibration and "
-        "measurement rerun in the warm worker); timed to status \"up to date\" with the new diagnostics. Measured "
-        "interleaved with `quantlens check DIR --no-progress` on the same copy (daemon, check, daemon, check, ... "
-        "after one warm-up pair; medians over rounds, ratios per round). `check` pays process start, its imports and "
-        "a fresh worker's torch import; the daemon's worker is warm. *engine* = the sum of the worker's own stage "
-        "timings (load, calibrate, thresholds, simulate, diagnosis passes) from the run's cache entry; *worker run* "
-        f"= the server's \"worker run X s\" log (0.1 s resolution). Target: daemon <= 1.10x engine (the debounce, "
-        f"{debounce}, is part of the daemon's time; the last-but-one column takes it out).",
+        "**Model change -> up to date.** A comment is appended to model.py and saved (a new cache key: calibration "
+        "and measurement rerun, in the warm spare worker); timed to status \"up to date\" with the new diagnostics. "
+        "Measured interleaved with `quantlens check DIR --no-progress --json FILE` on the same copy (daemon, check, "
+        "daemon, check, ... after one warm-up pair; medians over rounds, ratios per round; `--json` only to read "
+        "the check's own timings). `check` pays process start, its imports and a fresh worker's torch import; the "
+        "daemon's worker is warm. *engine* = the sum of the worker's own stage timings (load, calibrate, "
+        "thresholds, simulate, diagnosis passes): for the daemon from the run's cache entry, for check from its "
+        "JSON. *worker run* = the server's \"worker run X s\" log (0.1 s resolution). Target: daemon <= 1.10x its "
+        f"engine (the debounce, {debounce}, is part of the daemon's time; one column takes it out). *load* = the "
+        "machine's 1-minute load average after each round (median): above 2 the 2 cores are shared.",
         "",
-        "| fixture | rounds | daemon | check | daemon / check | engine | worker run | daemon / engine "
-        "| (daemon - debounce) / engine | check / engine |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fixture | rounds | daemon | check | daemon / check | engine, daemon | engine, check "
+        "| engine daemon / check | worker run | daemon / engine | (daemon - debounce) / engine | check / its engine "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["model_change"]
         lines.append(
             f"| {r['fixture']} | {m['rounds']} | {m['daemon_s_median']:.2f} s | {m['check_s_median']:.2f} s | "
-            f"**{m['daemon_over_check']:.2f}x** | {m['engine_s_median']:.2f} s | {m['worker_run_s_median']:.1f} s | "
+            f"**{m['daemon_over_check']:.2f}x** | {m['engine_s_median']:.2f} s | {m['check_engine_s_median']:.2f} s | "
+            f"{m['engine_over_check_engine']:.2f}x | {m['worker_run_s_median']:.1f} s | "
             f"**{m['daemon_over_engine']:.2f}x** | {m['daemon_minus_debounce_over_engine']:.2f}x | "
-            f"{m['check_over_engine']:.2f}x |")
+            f"{m['check_over_engine']:.2f}x | {m['load_median']:.1f} |")
     lines += [
         "",
         "**Cold start on a warm cache, idle memory.** A fresh server on the analysed folder (its `.quantlens/` cache "
-        "holds the current inputs' entry), timed from the `initialize` request (and from spawning the process) to "
-        "the first diagnostics for model.py (the first `quantlens/status` where model.py gets none); median over "
-        "the starts. *worker ran* says whether any start needed the worker (it should not). Idle RSS (VmRSS) of the "
-        "server and of its worker processes (children running `quantlens.daemon.worker`: the warm spare) once the "
-        "first analysis settled.",
+        "holds the current inputs' entry), timed from the `initialize` request to the first diagnostics for "
+        "model.py (to the first `quantlens/status` where model.py gets none); *answer* = `initialize` -> its "
+        "response (the server's start-up: Python and its imports), the rest is the session start (config, cache, "
+        "re-diagnosis, publish). Median over the starts. *worker ran* says whether any start needed the worker (it "
+        "should not). Idle RSS (VmRSS) of the server and of its worker processes (children running "
+        "`quantlens.daemon.worker`: the warm spare) once the first analysis settled.",
         "",
-        "| fixture | starts | initialize -> first diagnostics | spawn -> first diagnostics | first state "
+        "| fixture | starts | initialize -> first diagnostics | of which: answer | first state "
         "| worker ran | idle RSS, server | idle RSS, workers |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -479,8 +496,8 @@ def render(rows: list[dict[str, Any]], churned: dict[str, Any] | None, command: 
         workers = " + ".join(f"{w:.0f}" for w in i["worker_rss_mb"]) + " MB" if i["workers"] else "none"
         lines.append(
             f"| {r['fixture']} | {c['starts']} | **{c['from_initialize_median_ms']:.0f} ms** | "
-            f"{c['from_spawn_median_ms']:.0f} ms | {', '.join(c['first_states'])} | {'yes' if c['worker_ran'] else 'no'} "
-            f"| {i['server_rss_mb']:.0f} MB | {workers} ({i['workers']}) |")
+            f"{c['initialize_answer_median_ms']:.0f} ms | {', '.join(c['first_states'])} | "
+            f"{'yes' if c['worker_ran'] else 'no'} | {i['server_rss_mb']:.0f} MB | {workers} ({i['workers']}) |")
     if churned is not None:
         lines += _render_churn(churned)
     return "\n".join(lines) + "\n"
