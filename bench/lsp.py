@@ -278,8 +278,9 @@ async def model_change(s: Session, root: Path, edit: int) -> dict[str, float]:
 def check_run(root: Path, out: Path) -> dict[str, float]:
     """Wall time of ``quantlens check`` and its worker's own stage timings (from ``--json``)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "quantlens.daemon.cli", "check", str(root), "--no-progress", "--fail-on", "never",
-                           "--json", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run([sys.executable, "-m", "quantlens.daemon.cli", "check", str(root), "--no-progress",
+                           "--fail-on", "never", "--json", str(out)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"quantlens check {root} exited {done.returncode}: {done.stderr[-2000:]}")
