@@ -197,6 +197,8 @@ def unbalanced_concat(ctx: Context) -> list[Finding]:
             ),
             predicted=f"scaling input {small} by {factor:g} would bring the range ratio from {ratio:.0f} to "
                       f"{ratio / factor:.1f}",
+            related=tuple(dict.fromkeys(  # the branches: where their ranges are made
+                loc for name in p.info.inputs if name in ctx.by_name for loc in ctx.locations(ctx.by_name[name])[:1])),
         ))
     return findings
 

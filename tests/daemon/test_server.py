@@ -220,3 +220,11 @@ def test_tcp_listener_binds_loopback_only(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_unbalanced_concat_points_at_both_branches(client: LanguageClient, tmp_path: Path) -> None:
+    root = copy_fixture(tmp_path)
+    recorder, model = await _first_diagnostics(client, root)
+    cat = next(d for d in diagnostics(client, model) if d.code == "unbalanced-concat")
+    related = {r.location.range.start.line for r in cat.related_information or []}
+    assert {line_of(model, "# @branch_a"), line_of(model, "# @branch_b")} <= related  # the two branches' lines
