@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import mct

@@ -30,7 +30,6 @@ PROBABILITY_OPS = frozenset({"softmax", "Softmax"})
 
 def outliers_zscore(ctx: Context) -> list[Finding]:
     findings = []
-    settings = ctx.result.settings
     z_cut = ctx.settings.threshold_zscore_outlier_removal
     for p in ctx.quantized:
         z_max = ctx.z_max(p)

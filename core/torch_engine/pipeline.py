@@ -17,7 +17,7 @@ from quantlens.core.rediagnose import assemble, rediagnose
 from quantlens.core.result import AnalysisResult
 from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.stats import CalibrationResult
-from quantlens.core.torch_engine.calibrate import Progress, calibrate_batches
+from quantlens.core.torch_engine.calibrate import calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
 from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
 from quantlens.core.torch_engine.simulate import Metric, simulate

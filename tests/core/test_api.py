@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from quantlens.core import QuantlensError, analyze, calibrate
-from quantlens.core.config import load_config
 from quantlens.core.result import AnalysisResult
 from tests.analyses import fixture_analysis
 

@@ -21,7 +21,6 @@ import pytest
 from lsprotocol import types
 from pygls.uris import from_fs_path
 
-from quantlens.core.config import load_config
 from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding, Severity
