@@ -9,7 +9,7 @@ DEMO := fixtures/deit_tiny
 
 EXT := editor_ext
 
-.PHONY: demo test bench clean ext e2e-vscode e2e-neovim
+.PHONY: demo test bench bench-lsp clean ext e2e-vscode e2e-neovim
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ e2e-neovim: $(VENV)/.installed
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --write BENCHMARKS.md
+
+# The language server's section of BENCHMARKS.md (about 25 min; not part of `bench`).
+bench-lsp: $(VENV)/.installed-dev
+	$(BIN)/python bench/lsp.py --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) quantlens.egg-info .pytest_cache $(EXT)/node_modules $(EXT)/dist $(EXT)/out $(EXT)/quantlens.vsix \

@@ -428,7 +428,7 @@ def render(rows: list[dict[str, Any]], churned: dict[str, Any] | None, command: 
         f"jobs (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end), Python "
         f"{platform.python_version()}, torch {_version('torch')}, pygls {_version('pygls')}; the whole run took "
         f"{wall_s / 60:.0f} min. Between measurements the bench waits until the server and its workers are idle "
-        "(the spare worker a run starts imports torch meanwhile).",
+        "(the spare worker that a run's end starts imports torch meanwhile).",
         "",
         "**Config save -> re-diagnosis.** quantlens.toml is written as an editor writes it (temp file + rename) and "
         "didSave is sent; timed to the `quantlens/status` notification that closes the re-diagnosis (state `stale`: "

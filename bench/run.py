@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -209,7 +210,8 @@ def peak_memory(folder: Path, times: int, env: dict[str, str] | None = None) -> 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--write", type=Path, help="write the results table into this markdown file")
+    parser.add_argument("--write", type=Path, help="write the results into this markdown file (its other "
+                                                    "'## ' sections, such as bench/lsp.py's, are kept)")
     parser.add_argument("--fixtures", nargs="*", default=MODEL_FIXTURES)
     parser.add_argument("--memory-factors", type=int, nargs="+", default=[1, 10, 60],
                         help="measure peak memory with the calibration data repeated this often (default 1 10 60)")
@@ -230,8 +232,20 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.write:
-        args.write.write_text(render(rows, args.repeats, args.data_factor, args.memory_factors), encoding="utf-8")
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        head = render(rows, args.repeats, args.data_factor, args.memory_factors)
+        args.write.write_text(replace_head(old, head), encoding="utf-8")
     return 0
+
+
+def replace_head(text: str, head: str) -> str:
+    """``text`` with the part this bench owns replaced by ``head``: from the start up to the first
+    ``## `` heading that ``head`` does not hold. Every other ``## `` section (bench/lsp.py writes
+    "## Language server") is kept as it is, so one bench's ``--write`` never erases another's."""
+    mine = {line for line in head.splitlines() if line.startswith("## ")}
+    foreign = (m.start() for m in re.finditer(r"^## .*$", text, re.M) if m.group(0) not in mine)
+    rest = text[next(foreign, len(text)):]
+    return head.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
 
 
 def render(rows: list[dict[str, Any]], repeats: int, data_factor: int, memory_factors: list[int]) -> str:

@@ -77,19 +77,20 @@ def analyze(
     metrics: dict[str, Callable[..., float]] | None = None,
     diagnosis: DiagnosisSettings | None = None,
     ignore: Iterable[str] = (),
+    sensitivity: bool = False,
+    simulation_batches: int | None = 2,
 ) -> AnalysisResult:
-    """Calibrate, search thresholds, simulate and diagnose: the result ``quantlens check``
+    """Calibrate, search thresholds, simulate, verify and diagnose: the result ``quantlens check``
     prints, findings included (``diagnosis`` and ``ignore`` are the config's
     ``[quantlens.diagnosis]`` and ``ignore``).
 
-    ``batches`` is passed over several times (calibration, simulation, sensitivity): give a
+    ``batches`` is passed over several times (calibration; simulation and verification on the first ``simulation_batches``, None: all): give a
     list, a re-iterable, or a function returning a fresh iterable; a one-shot iterator is
     read into a list first. ``validation`` yields (inputs, labels); ``evaluate(outputs,
     labels)`` returns a number or a dict of numbers (default: top-1 accuracy and
     cross-entropy); ``metrics`` are ``fn(float_tensor, quantized_tensor) -> float`` applied
     at every point and the output.
     """
-    from quantlens.core.diagnosis import diagnose
     from quantlens.core.torch_engine.calibrate import model_device
     from quantlens.core.torch_engine.loading import checked_batches
     from quantlens.core.torch_engine.pipeline import analyze_model
@@ -104,13 +105,12 @@ def analyze(
         assert labelled is not None
         return checked_batches(labelled, roots, device, with_labels=True)
 
-    result = analyze_model(
+    return analyze_model(
         built, lambda: checked_batches(data, roots, device), settings or QuantSettings(), roots, sites=sites,
         metrics=metrics, validation=validation_batches if labelled is not None else None, evaluate=evaluate,
+        diagnosis=diagnosis, ignore=tuple(ignore), sensitivity=sensitivity, simulation_batches=simulation_batches,
+        data_source=data.definition,  # the dataset rules point at the data function, as in the CLI
     )
-    result.data_source = data.definition  # the dataset rules point at the data function, as in the CLI
-    result.findings = diagnose(result, diagnosis, ignore)
-    return result
 
 
 def _build(model: Model, roots: list[Path]) -> tuple[nn.Module, ConstructionSites | None]:

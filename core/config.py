@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantlens.core.diagnosis.catalog import RULES
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.settings import SETTING_NAMES, QuantSettings, coerce_override, coerce_setting
@@ -68,6 +69,8 @@ class ProjectConfig:
     metrics: tuple[FuncRef, ...] = ()
     device: str = "cpu"
     num_calibration_batches: int | None = None
+    num_simulation_batches: int | None = 2
+    """Batches (the first ones) the error simulation and the verification run on; None: all."""
     config_file: Path | None = None
     diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
     ignore: tuple[str, ...] = ()
@@ -91,7 +94,7 @@ class ProjectConfig:
 
 PROJECT_KEYS = {
     "model", "data", "weights", "validation", "evaluate", "metrics", "device",
-    "num_calibration_batches", "overrides", "diagnosis", "ignore", "worker_timeout_s", "worker_memory_limit_mb",
+    "num_calibration_batches", "num_simulation_batches", "overrides", "diagnosis", "ignore", "worker_timeout_s", "worker_memory_limit_mb",
 }
 
 
@@ -223,6 +226,14 @@ def load_config(
         problems.append(Problem(f"num_calibration_batches must be a positive whole number, got {num_batches!r}", where("num_calibration_batches")))
         num_batches = None
 
+    simulation_batches = project.get("num_simulation_batches", 2)
+    if simulation_batches == "all":
+        simulation_batches = None
+    elif isinstance(simulation_batches, bool) or not isinstance(simulation_batches, int) or simulation_batches < 1:
+        problems.append(Problem(f'num_simulation_batches must be a positive whole number or "all", '
+                                f"got {simulation_batches!r}", where("num_simulation_batches")))
+        simulation_batches = 2
+
     diagnosis_table = project.get("diagnosis", {})
     if not isinstance(diagnosis_table, dict):
         problems.append(Problem("diagnosis must be a table", where("diagnosis")))
@@ -232,8 +243,11 @@ def load_config(
         problems.append(Problem(message, locations.get(f"diagnosis.{key}") or where("diagnosis")))
     ignore = project.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
-        problems.append(Problem("ignore must be a list of rule ids", where("ignore")))
+        problems.append(Problem('ignore must be a list of rule ids ("rule-id" or "rule-id:point-name")',
+                                where("ignore")))
         ignore = []
+    problems.extend(Problem(message, where("ignore"), hint=hint) for message, hint in map(_ignore_entry, ignore)
+                    if message)
 
     limits: dict[str, Any] = {}
     for key in ("worker_timeout_s", "worker_memory_limit_mb"):
@@ -259,6 +273,7 @@ def load_config(
         metrics=tuple(metrics),
         device=device,
         num_calibration_batches=num_batches,
+        num_simulation_batches=simulation_batches,
         config_file=source,
         diagnosis=diagnosis,
         ignore=tuple(ignore),
@@ -352,6 +367,22 @@ def _key_lines(text: str, path: Path, section: str) -> dict[str, Location]:
 
 def _split_dotted(name: str) -> list[str]:
     return [m.group(0) for m in re.finditer(r"\"[^\"]*\"|'[^']*'|[^.]+", name)]
+
+
+def _ignore_entry(entry: str) -> tuple[str, str]:
+    """What is wrong with one ``ignore`` entry ("" when nothing), and the hint: the rule id must
+    be one the catalogue knows (a typo would silence nothing, silently); the point name after
+    ``:`` cannot be checked before calibration has found the points."""
+    import difflib
+
+    rule, colon, point = (part.strip() for part in entry.partition(":"))
+    if rule not in RULES:
+        close = difflib.get_close_matches(rule, sorted(RULES), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "rule ids: " + ", ".join(sorted(RULES))
+        return f"ignore: unknown rule id {rule!r} in {entry!r}", hint
+    if colon and not point:
+        return f"ignore: {entry!r} names no point after ':'", f'write "{rule}" for every point, or "{rule}:point-name"'
+    return "", ""
 
 
 def _suggest(key: str) -> str:

@@ -23,7 +23,7 @@ from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, decode, encode
 from quantlens.core.weights import WeightReport
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the serialized layout changes; older caches are then recomputed."""
 
 WEIGHT_SETTINGS = ("weights_n_bits", "weights_error_method", "weights_per_channel_threshold", "l_p_value",
@@ -61,6 +61,17 @@ class OutputMetrics:
 
 
 @dataclass
+class Verification:
+    """A recommended change, re-simulated: the model output with the change applied."""
+
+    change: dict[str, Any]
+    """The recommendation's config (see :mod:`quantlens.core.changes`)."""
+    error: ErrorSums
+    top1_agreement: float | None = None
+    custom: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Measurements:
     settings: QuantSettings
     """The settings the simulation ran under."""
@@ -72,6 +83,10 @@ class Measurements:
     """Re-simulations with the k most sensitive points at 16 bits: k, points, output SQNR."""
     validation: CalibrationResult | None = None
     """Statistics of the validation inputs at the same points (when validation is configured)."""
+    verified: list[Verification] = field(default_factory=list)
+    """The recommended changes re-simulated under ``settings``, each against the same batches."""
+    simulation_batches: int = 0
+    """How many batches the errors (and the verifications) were measured on."""
 
     def current_for(self, settings: QuantSettings) -> bool:
         """True when the errors were measured under exactly ``settings``."""
@@ -90,6 +105,8 @@ class Measurements:
             "weights": {k: encode(v) for k, v in self.weights.items()},
             "sensitivity": self.sensitivity,
             "validation": self.validation.to_msgpack() if self.validation is not None else None,
+            "verified": [encode(v) for v in self.verified],
+            "simulation_batches": self.simulation_batches,
         }, use_bin_type=True)
 
     @staticmethod
@@ -107,6 +124,8 @@ class Measurements:
                 weights={k: _weight_report(decode(v)) for k, v in obj["weights"].items()},
                 sensitivity=list(obj["sensitivity"]),
                 validation=CalibrationResult.from_msgpack(obj["validation"]) if obj["validation"] else None,
+                verified=[_verification(decode(v)) for v in obj["verified"]],
+                simulation_batches=int(obj["simulation_batches"]),
             )
         except (KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
             raise ValueError(f"corrupt measurements record: {type(exc).__name__}: {exc}") from None
@@ -123,6 +142,10 @@ def _point(obj: dict) -> PointMeasurement:
         cumulative=ErrorSums(**obj["cumulative"]) if obj["cumulative"] else None,
         custom=dict(obj["custom"]),
     )
+
+
+def _verification(obj: dict) -> Verification:
+    return Verification(dict(obj["change"]), ErrorSums(**obj["error"]), obj["top1_agreement"], dict(obj["custom"]))
 
 
 def _weight_report(obj: dict) -> WeightReport:

@@ -17,17 +17,18 @@ from pathlib import Path
 
 from quantlens.core.activations import ActivationQuant, SearchMemo, quantize_activations
 from quantlens.core.config import FuncRef, ProjectConfig
-from quantlens.core.diagnosis import diagnose
-from quantlens.core.errors import Problem
+from quantlens.core.diagnosis import DiagnosisSettings, diagnose, matches, suppressed
+from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding
 from quantlens.core.measurements import Measurements, OutputMetrics, PointMeasurement
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult
+from quantlens.core.verification import apply_verified
 
 MEASURED_RULES = frozenset({"degraded-layer", "output-degraded", "global-degradation", "first-divergence",
-                            "sensitive-layers", "degraded-unexplained", "activation-product"})
+                            "sensitive-layers", "degraded-unexplained", "activation-product", "best-fix"})
 """Rules whose findings quote simulated errors."""
 WEIGHT_RULES = frozenset({"weight-precision", "bias-correction"})
 """Rules whose findings read the weight reports."""
@@ -72,11 +73,23 @@ def rediagnose(calibration: CalibrationResult, config: ProjectConfig, measuremen
     result.model = _ref_text(config.model, config.root)
     result.data = _ref_text(config.data, config.root)
     result.config_file = str(config.config_file) if config.config_file else None
-    findings = diagnose(result, config.diagnosis, config.ignore, memo)
+    return judge(result, measurements, config.diagnosis, config.ignore, memo, config.location_of("model"))
+
+
+def judge(result: AnalysisResult, measurements: Measurements, diagnosis: DiagnosisSettings,
+          ignore: tuple[str, ...] = (), memo: SearchMemo | None = None,
+          config_location: Location | None = None) -> AnalysisResult:
+    """``result`` with its findings: the diagnosis, the recommendations judged by the verified
+    changes (when measured under these settings), estimates marked as such."""
+    findings = diagnose(result, diagnosis, ignore, memo)
+    verified = measurements.verified if not result.estimated else []
+    findings, result.top_recommendation = apply_verified(findings, result, verified, diagnosis, config_location)
+    findings = [f for f in findings if not matches(f, ignore) and not suppressed(f)]  # best-fix is new here
     stale = set(MEASURED_RULES) if result.estimated else set()
-    if not measurements.weights_current_for(config.settings):
+    if not measurements.weights_current_for(result.settings):
         stale |= WEIGHT_RULES
-    result.findings = [_as_estimate(f) if f.rule in stale else f for f in findings]
+    result.findings = sorted((_as_estimate(f) if f.rule in stale else f for f in findings),
+                             key=lambda f: -f.severity.rank)
     return result
 
 

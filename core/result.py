@@ -49,6 +49,7 @@ class PointResult:
             "source": info.source.to_json() if info.source else None,
             "source_stack": [loc.to_json() for loc in info.source_stack],
             "call_site": info.call_site.to_json() if info.call_site else None,
+            "library_source": info.library_source.to_json() if info.library_source else None,
             "order": info.order,
             "activation": self.activation.to_json(with_curves),
             "weights": self.weights.to_json() if self.weights else None,
@@ -83,6 +84,9 @@ class AnalysisResult:
     """The config entry that names the data function."""
     config_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    top_recommendation: dict[str, Any] | None = None
+    """The verified change that gains most at the output: change, description, rule, the
+    output SQNR before and after (see :mod:`quantlens.core.verification`)."""
     estimated: bool = False
     """True when the errors were estimated from statistics, not measured under these settings
     (the language server's fast path after a config edit, until the worker re-measures)."""
@@ -108,6 +112,7 @@ class AnalysisResult:
             },
             "output": self.output.to_json(),
             "sensitivity": self.sensitivity,
+            "top_recommendation": self.top_recommendation,
             "points": [p.to_json(with_curves) for p in self.points],
             "findings": [f.to_json() for f in self.findings],
             "problems": [p.to_json() for p in self.problems],

@@ -18,7 +18,7 @@ from quantlens.core import histogram
 from quantlens.core.distribution import Distribution
 from quantlens.core.errors import Location
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the serialized layout changes; older caches are then recomputed."""
 
 
@@ -32,7 +32,9 @@ class PointInfo:
 
     name: str
     kind: str
-    """"module" (a module or fused module group) or "function" (a functional op)."""
+    """"module" (a module or fused module group), "function" (a functional op) or "input" (the
+    model input, the first tensor of each batch: quantized as in MCT, which quantizes the model
+    input by default; no modules, ``source`` at the data function's ``def`` line)."""
     op: str
     """Human name of what it computes, e.g. "Conv2d+BatchNorm2d+ReLU6", "cat", "matmul"."""
     modules: list[str]
@@ -57,7 +59,8 @@ class PointInfo:
     inputs: list[str] = field(default_factory=list)
     """Points whose outputs this point consumes, directly or through ops that are no points
     (reshapes, pooling, products with constants), in execution order: the data flow of the
-    discovery forward. Empty when it reads only the model input or constants."""
+    discovery forward; the points that read the model input name the "input" point. Empty when
+    it reads only constants (or model inputs other than the first tensor)."""
     feeds_output: bool = True
     """Whether this point's output reaches the model output (the first tensor forward returns,
     which the simulation compares): False for a side head whose result is dropped or returned
@@ -65,6 +68,49 @@ class PointInfo:
     constant_inputs: list[int] = field(default_factory=list)
     """Indices, among the op's tensor inputs, of the operands that do not vary with the model
     input: parameters, buffers and what forward computes from them alone."""
+    library_source: Location | None = None
+    """The library's own line for a point made inside library code (outside the workspace): the
+    line in a library constructor that created the module (``self.linear1 = Linear(...)`` in
+    ``TransformerEncoderLayer.__init__``) or, for a functional point, the line in a library
+    forward that applied the op (its residual add). A secondary location beside ``source``,
+    which stays the workspace line; None when the workspace created or applied it directly."""
+
+    def to_json(self) -> dict[str, Any]:
+        """What the result JSON says about the point itself (docs/result-format.md)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "op": self.op,
+            "modules": list(self.modules),
+            "module_types": list(self.module_types),
+            "activation_function": self.activation,
+            "source": _location_json(self.source),
+            "source_stack": [loc.to_json() for loc in self.source_stack],
+            "call_site": _location_json(self.call_site),
+            "library_source": _location_json(self.library_source),
+            "order": self.order,
+        }
+
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> PointInfo:
+        """The inverse of :meth:`to_json`; what the JSON leaves out takes its default."""
+        return PointInfo(
+            name=obj["name"],
+            kind=obj["kind"],
+            op=obj["op"],
+            modules=list(obj.get("modules", [])),
+            module_types=list(obj.get("module_types", [])),
+            activation=obj.get("activation_function"),
+            source=Location.from_json(obj.get("source")),
+            source_stack=[loc for loc in map(Location.from_json, obj.get("source_stack", [])) if loc is not None],
+            call_site=Location.from_json(obj.get("call_site")),
+            library_source=Location.from_json(obj.get("library_source")),
+            order=int(obj.get("order", 0)),
+        )
+
+
+def _location_json(location: Location | None) -> dict | None:
+    return location.to_json() if location is not None else None
 
 
 @dataclass
@@ -120,6 +166,63 @@ class PointStats:
         return float(self.counts[:, strictly].sum() / total) if total else 0.0
 
 
+MAX_SHAPE_MISMATCHES = 8
+"""Batches with odd shapes kept in :class:`BatchShapes` (the rest are only counted)."""
+
+
+@dataclass
+class ShapeMismatch:
+    """One calibration batch whose shapes disagree: its input (first tensor) with the first
+    batch's beyond the batch dimension, or its model output's batch size with its input's."""
+
+    batch: int
+    """Index of the batch in the data function's order (0-based)."""
+    input: list[int]
+    output: list[int] | None
+    """Shape of the first tensor the model returned (None: it returned no tensor)."""
+
+
+@dataclass
+class BatchShapes:
+    """The shapes calibration saw, in bounded size: the first batch's, and the first
+    :data:`MAX_SHAPE_MISMATCHES` batches that differ. A model that accepts inputs of another
+    length may fold samples into rows silently (a reshape to a fixed row width): statistics
+    and errors are then computed on data the deployment never sees, with no error raised."""
+
+    input: list[int] = field(default_factory=list)
+    """Shape of the first batch's first tensor."""
+    output: list[int] | None = None
+    """Shape of the first tensor the model returned for the first batch."""
+    mismatches: list[ShapeMismatch] = field(default_factory=list)
+    input_mismatches: int = 0
+    """Batches whose input shape differs from the first batch's (dimension 0 aside), in all."""
+    output_mismatches: int = 0
+    """Batches whose output batch size differs from their input's, in all."""
+
+    def observe(self, batch: int, shape: list[int], output: list[int] | None) -> None:
+        """Record batch number ``batch``: its input's ``shape`` and its output's (batch 0 is
+        the reference)."""
+        output = None if output is None else list(output)
+        if batch == 0:
+            self.input, self.output = list(shape), output
+        odd_input = self.input_differs(shape)
+        odd_output = self.output_differs(shape, output)
+        self.input_mismatches += odd_input
+        self.output_mismatches += odd_output
+        if (odd_input or odd_output) and len(self.mismatches) < MAX_SHAPE_MISMATCHES:
+            self.mismatches.append(ShapeMismatch(batch, list(shape), output))
+
+    def input_differs(self, shape: list[int]) -> bool:
+        """Another rank than the first batch's input, or another size beyond the batch dimension."""
+        return len(shape) != len(self.input) or list(shape[1:]) != list(self.input[1:])
+
+    @staticmethod
+    def output_differs(shape: list[int], output: list[int] | None) -> bool:
+        """The output's dimension 0 is not the batch size of the input of ``shape`` (when both
+        have a dimension 0)."""
+        return bool(shape) and output is not None and bool(output) and output[0] != shape[0]
+
+
 @dataclass
 class CalibrationResult:
     """Points and statistics of one calibration run."""
@@ -132,6 +235,8 @@ class CalibrationResult:
     batch_limit: int | None = None
     """The ``num_calibration_batches`` cap the batches were read under (None: no cap): a count
     of batches equal to it may have cut the data function short, a smaller one did not."""
+    batch_shapes: BatchShapes = field(default_factory=BatchShapes)
+    """The batches' input and output shapes, and the batches whose shapes disagree."""
     version: int = FORMAT_VERSION
 
     def point(self, name: str) -> PointInfo:
@@ -197,5 +302,11 @@ def _decode_calibration(obj: dict) -> CalibrationResult:
         num_samples=obj["num_samples"],
         input_signature=obj["input_signature"],
         batch_limit=obj["batch_limit"],
+        batch_shapes=_decode_shapes(decode(obj["batch_shapes"])),
         version=obj["version"],
     )
+
+
+def _decode_shapes(obj: dict) -> BatchShapes:
+    mismatches = [ShapeMismatch(**m) for m in obj.pop("mismatches")]
+    return BatchShapes(**obj, mismatches=mismatches)

@@ -8,6 +8,7 @@ they cannot disagree. Torch-free: the language server may use it too.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sysconfig
 import traceback
@@ -24,19 +25,38 @@ _INSTALLED = frozenset({"site-packages", "dist-packages"})
 (a virtual environment inside the project is still not the user's code)."""
 
 
-def _foreign_dirs() -> tuple[Path, ...]:
-    """The standard library (with the environment's own lib folder) and quantlens itself:
-    code under them is never the user's, even when a root contains them."""
+def _dirs(keys: tuple[str, ...]) -> set[Path]:
     paths = sysconfig.get_paths()
-    dirs = {Path(paths[key]) for key in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(key)}
-    dirs.add(Path(__file__).parent)  # quantlens.core
+    return {Path(paths[key]).resolve() for key in keys if paths.get(key)}
+
+
+def _own_dirs() -> set[Path]:
+    """quantlens itself (core and daemon)."""
+    dirs = {Path(__file__).parent.resolve()}  # quantlens.core
     spec = importlib.util.find_spec("quantlens.daemon")
     if spec is not None and spec.submodule_search_locations:
-        dirs.update(Path(p) for p in spec.submodule_search_locations)
-    return tuple(sorted({d.resolve() for d in dirs}))
+        dirs.update(Path(p).resolve() for p in spec.submodule_search_locations)
+    return dirs
 
 
-_FOREIGN = _foreign_dirs()
+_STDLIB = tuple(sorted(_dirs(("stdlib", "platstdlib"))))
+_OWN = tuple(sorted(_own_dirs()))
+_FOREIGN = tuple(sorted({*_STDLIB, *_OWN, *_dirs(("purelib", "platlib"))}))
+"""The standard library (with the environment's own lib folder), installed packages and
+quantlens itself: code under them is never the user's, even when a root contains them."""
+
+
+@functools.lru_cache(maxsize=4096)
+def is_tooling(filename: str) -> bool:
+    """Code that is neither the user's nor a library's own: no real file (``<frozen os>``),
+    the standard library (``copy.deepcopy``, ``contextlib``) or quantlens. A frame there is how
+    a module or an op is reached, never the line of a model that asked for it."""
+    if not filename or filename.startswith("<"):
+        return True
+    path = Path(filename).resolve()
+    if any(path.is_relative_to(d) for d in _OWN):
+        return True
+    return not _INSTALLED.intersection(path.parts) and any(path.is_relative_to(d) for d in _STDLIB)
 
 
 class Workspace:
@@ -85,3 +105,25 @@ class Workspace:
                     out.append(loc)
             frame = frame.f_back
         return out
+
+    def library_frame(self, frame: FrameType | None, skip_self: object | None = None,
+                      plumbing: frozenset[str] = frozenset()) -> Location | None:
+        """The library's own line that asked for what runs at ``frame`` (a module being built,
+        an op being applied): the innermost frame outside the workspace that is not tooling
+        (:func:`is_tooling`), not a file in ``plumbing`` (resolved paths of the framework's
+        dispatch, e.g. ``nn.Module.__call__``) and not one of ``skip_self``'s own methods.
+        None when the workspace asked directly: the user's line is then the whole answer."""
+        while frame is not None:
+            code = frame.f_code
+            if self.contains(code.co_filename):
+                return None
+            if not (is_tooling(code.co_filename) or _resolved(code.co_filename) in plumbing
+                    or (skip_self is not None and frame.f_locals.get("self") is skip_self)):
+                return Location(_resolved(code.co_filename), frame.f_lineno)
+            frame = frame.f_back
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved(filename: str) -> str:
+    return str(Path(filename).resolve())

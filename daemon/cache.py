@@ -246,6 +246,7 @@ def _key(config: ProjectConfig, files: tuple[Path, ...], refs: list[tuple[str, F
         "weights": _relative(config.weights, root) if config.weights is not None else None,
         "device": config.device,
         "num_calibration_batches": config.num_calibration_batches,
+        "num_simulation_batches": config.num_simulation_batches,  # the measurements stored beside
     }
     return _sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
 

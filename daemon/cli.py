@@ -35,7 +35,7 @@ FORMATS = ("text", "json", "sarif", "github")
 FAIL_NEVER = "never"
 FAIL_ON = (*(s.value for s in Severity), FAIL_NEVER)
 DEFAULT_FAIL_ON = Severity.ERROR.value
-RUN_OPTIONS = ("config", "model", "data", "weights", "set", "json")
+RUN_OPTIONS = ("config", "model", "data", "weights", "set", "json", "sensitivity")
 """What only a run reads: ``report --from-json`` runs nothing, so it refuses them."""
 
 
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     common.add_argument("--json", type=Path, metavar="FILE", help="write the whole result as JSON (- for stdout)")
     common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    common.add_argument("--sensitivity", action="store_true",
+                        help="also re-simulate with the most sensitive points at 16 bits (beyond what the findings need)")
 
     parser = _Parser(prog="quantlens", description="Post-training quantization diagnostics for PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -249,20 +251,22 @@ def analyze_in_worker(args: argparse.Namespace, directory: Path) -> tuple[Projec
     pool = WorkerPool(ServerOptions().limits(config), spare=False)
     bar = ProgressBar(sys.stderr, enabled=not args.no_progress)
     request = {"directory": str(directory.resolve()), "config_file": str(args.config.resolve()) if args.config else None,
-               "overrides": values, "override_text": texts}
+               "overrides": values, "override_text": texts, "sensitivity": bool(getattr(args, "sensitivity", False))}
     try:
         outcome = pool.run(request, bar.update, config.location_of("model"))
+        if outcome.ok:
+            assert outcome.calibration is not None and outcome.measurements is not None
+            bar.update("diagnose", 0, None)
+            start = time.perf_counter()
+            result = rediagnose(CalibrationResult.from_msgpack(outcome.calibration), config,
+                                Measurements.from_msgpack(outcome.measurements), timings=outcome.timings)
+            result.timings["diagnose"] = time.perf_counter() - start
     finally:
         bar.close()
         pool.close()
     if not outcome.ok:
         print_problems(outcome.problems)
         return config, None
-    assert outcome.calibration is not None and outcome.measurements is not None
-    start = time.perf_counter()
-    result = rediagnose(CalibrationResult.from_msgpack(outcome.calibration), config,
-                        Measurements.from_msgpack(outcome.measurements), timings=outcome.timings)
-    result.timings["diagnose"] = time.perf_counter() - start
     return config, result
 
 

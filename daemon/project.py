@@ -167,8 +167,9 @@ class Project:
         if reuse:
             assert self.calibration is not None
             request["calibration"] = self.calibration.to_msgpack()
-        if report_dir is not None:
+        if report_dir is not None:  # "quantize now": the full run, the sensitivity search included
             request["report_dir"] = str(report_dir)
+            request["sensitivity"] = True
         return Plan(request, not reuse, self.inputs, settings_json)
 
     def accept(self, plan: Plan, outcome: RunOutcome) -> None:

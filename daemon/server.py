@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ class QuantlensServer(LanguageServer):
         self.watcher: FileWatcher | None = None
         self.debouncer: Debouncer | None = None
         self.running: asyncio.Task | None = None
-        self.running_project: Path | None = None
+        self.generations: dict[Path, int] = {}
+        """Bumped by every schedule of a project: a run whose number is no longer current is stale."""
+        self.worker_project: Path | None = None
+        """The project whose plan the pool is running now (the only run a cancel may stop)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,34 +142,49 @@ class QuantlensServer(LanguageServer):
 
     def schedule(self, project: Project, *, report_dir: Path | None = None, force: bool = False,
                  done: asyncio.Future | None = None) -> None:
-        """Start the worker run this project needs, after the one in progress: a run of the same
-        project is stale and cancelled first; another project's run is waited for."""
-        previous = self.running
-        if previous is not None and not previous.done() and self.pool is not None \
-                and self.running_project == project.directory:
+        """Start the worker run this project needs, after the one in progress: every earlier run
+        of the same project is stale from now on (stopped if the pool runs it, skipped or dropped
+        otherwise); another project's run is waited for."""
+        generation = self.generations.get(project.directory, 0) + 1
+        self.generations[project.directory] = generation
+        if self.pool is not None and self.worker_project == project.directory:
             self.pool.cancel()
-        self.running_project = project.directory
-        self.running = asyncio.ensure_future(self._run(project, previous, report_dir, force, done))
+        previous = self.running
+        self.running = asyncio.ensure_future(self._run(project, generation, previous, report_dir, force, done))
 
-    async def _run(self, project: Project, previous: asyncio.Task | None, report_dir: Path | None,
+    def _current(self, project: Project, generation: int) -> bool:
+        """False once a newer schedule of ``project`` made this run stale (also asked from the
+        pool's thread, right before it starts the worker)."""
+        return self.generations.get(project.directory) == generation
+
+    async def _run(self, project: Project, generation: int, previous: asyncio.Task | None, report_dir: Path | None,
                    force: bool, done: asyncio.Future | None) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        plan = project.plan(report_dir=report_dir, force=force)
+        outcome = await self._run_plan(project, generation, report_dir, force)
+        if done is not None and not done.done():
+            done.set_result(outcome)
+
+    async def _run_plan(self, project: Project, generation: int, report_dir: Path | None,
+                        force: bool) -> RunOutcome | None:
+        """Plan, run and take in, unless a newer change came first. A cancel reaches only a run the
+        pool has started, so staleness is checked after every await, right before the worker
+        starts and before the result is taken in: a stale result is dropped, never published or
+        cached (the worker may have read newer files than the plan's key stands for)."""
+        def current() -> bool:
+            return self._current(project, generation)
+
+        plan = project.plan(report_dir=report_dir, force=force) if current() else None
         if plan is None or self.pool is None:
-            if done is not None and not done.done():
-                done.set_result(None)
-            return
+            return None
         assert project.config is not None
         self.pool.set_limits(self.options.limits(project.config))
         progress = await self._begin_progress(plan)
-        loop = asyncio.get_running_loop()
-
-        def on_progress(stage: str, count: int, total: int | None) -> None:
-            loop.call_soon_threadsafe(self._progress, project, progress, plan, stage, count, total)
-
-        self.status(project, "analysing", percentage=0, message="starting")
-        outcome = await asyncio.to_thread(self.pool.run, plan.request, on_progress, project.model_location())
+        outcome = RunOutcome(cancelled=True)
+        if current():
+            outcome = await self._run_worker(project, plan, progress, current)
+        if not current():
+            outcome = RunOutcome(cancelled=True, elapsed_s=outcome.elapsed_s)
         self._end_progress(progress, outcome)
         project.accept(plan, outcome)
         if outcome.cancelled:
@@ -174,8 +193,22 @@ class QuantlensServer(LanguageServer):
             self.publish(project)
             self.log(f"{project.directory}: worker run {outcome.elapsed_s:.1f} s"
                      + (f", {len(outcome.problems)} problem(s)" if outcome.problems else ""))
-        if done is not None and not done.done():
-            done.set_result(outcome)
+        return outcome
+
+    async def _run_worker(self, project: Project, plan: Plan, progress: str | None,
+                          current: Callable[[], bool]) -> RunOutcome:
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+
+        def on_progress(stage: str, count: int, total: int | None) -> None:
+            loop.call_soon_threadsafe(self._progress, project, progress, plan, stage, count, total)
+
+        self.status(project, "analysing", percentage=0, message="starting")
+        self.worker_project = project.directory
+        try:
+            return await asyncio.to_thread(self.pool.run, plan.request, on_progress, project.model_location(), current)
+        finally:
+            self.worker_project = None
 
     async def _begin_progress(self, plan: Plan) -> str | None:
         window = self.client_capabilities.window

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlens.core.errors import Location
+from quantlens.core.findings import Finding
 from quantlens.core.result import AnalysisResult, PointResult
 
 
@@ -86,6 +87,8 @@ def format_findings(result: AnalysisResult, root: Path | None) -> str:
     lines = []
     for f in result.findings:
         lines.append(f"{relative(f.location, root)}: {f.severity.value}[{f.rule}] {f.message}")
+        for loc, names in library_lines(result, f).items():
+            lines.append(f"    library code: {relative(loc, root)} ({', '.join(names)})")
         if f.predicted:
             lines.append(f"    predicted: {f.predicted}")
         if f.recommendation is not None:
@@ -96,6 +99,21 @@ def format_findings(result: AnalysisResult, root: Path | None) -> str:
             if f.recommendation.mct:
                 lines.append(f"    MCT: {f.recommendation.mct}")
     return "\n".join(lines)
+
+
+def library_lines(result: AnalysisResult, finding: Finding) -> dict[Location, list[str]]:
+    """The library lines among the finding's related lines, each with the points of the finding
+    made or applied there (a point built inside torch or a model zoo: where to read its code)."""
+    related = set(finding.related)
+    lines: dict[Location, list[str]] = {}
+    for name in finding.points:
+        try:
+            where = result.point(name).info.library_source
+        except KeyError:
+            continue
+        if where is not None and where in related:
+            lines.setdefault(where, []).append(name)
+    return lines
 
 
 def toml_value(value: object) -> str:

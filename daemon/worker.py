@@ -74,7 +74,8 @@ def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, An
         cached = request.get("calibration")
         calibration = CalibrationResult.from_msgpack(cached) if cached else None
         progress("load", 0, None)
-        calibration, measurements, timings = measure_project(config, progress, calibration)
+        calibration, measurements, timings = measure_project(config, progress, calibration,
+                                                             sensitivity=bool(request.get("sensitivity")))
         reply: dict[str, Any] = {"t": "result", "calibration": calibration.to_msgpack(),
                                  "measurements": measurements.to_msgpack(), "timings": timings}
         if request.get("report_dir"):

@@ -2,8 +2,9 @@
 
 The language server and ``quantlens check`` never run the user's code themselves. A run
 takes the warm spare (a worker that has imported torch and waits), sends it one request
-and reads progress and the result over the worker's own pipe; a new spare starts at once,
-so a cancel or a crash does not pay the torch import again. The run is bounded in time
+and reads progress and the result over the worker's own pipe; a new spare starts when the
+run ends (a result, a failure or a cancel), so the next run does not pay the torch import
+and no run shares the CPU with one. The run is bounded in time
 (``worker_timeout_s``) and the worker in address space (``worker_memory_limit_mb``).
 Whatever happens to the worker (an exception, ``sys.exit``, ``os._exit``, a segfault, the
 OOM killer, a hang) the caller gets a :class:`RunOutcome` whose problems say what happened
@@ -77,6 +78,7 @@ class _Worker:
         os.close(to_child_r)
         os.close(from_child_w)
         self.reader = wire.Reader(self.from_child)
+        self.killing = threading.Lock()
         self.ready = False
         self.stderr_tail: list[str] = []
         if log and self.proc.stderr is not None:
@@ -104,20 +106,24 @@ class _Worker:
         return None if self.ready else f"the worker sent {message.get('t')!r} instead of ready"
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # user code may have started children
-            except (ProcessLookupError, PermissionError):
-                self.proc.kill()
-        self.proc.wait()
-        self.close()
+        """Kill and close, once: a cancel and the run's own end may both get here, and a second
+        close of the pipe numbers must not hit the next spare's pipes, which may reuse them."""
+        with self.killing:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # user code may have started children
+                except (ProcessLookupError, PermissionError):
+                    self.proc.kill()
+            self.proc.wait()
+            self.close()
 
     def close(self) -> None:
         for fd in (self.to_child, self.from_child):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.to_child = self.from_child = -1
 
 
@@ -134,6 +140,7 @@ class WorkerPool:
         self._spare: _Worker | None = None
         self._current: _Worker | None = None
         self._cancelled = False
+        self._closed = False
         if spare:
             self._spare = self._spawn()
 
@@ -150,24 +157,31 @@ class WorkerPool:
         return current.proc.pid if current is not None else None
 
     def set_limits(self, limits: WorkerLimits) -> None:
-        """New limits apply to workers started from now on (the spare is replaced)."""
+        """New limits apply to workers started from now on (the spare is replaced; during a run
+        it is only dropped, and the run's end starts one under the new limits)."""
         if limits == self.limits:
             return
         self.limits = limits
         with self._lock:
-            old, self._spare = self._spare, (self._spawn() if self.keep_spare else None)
+            idle = self._current is None and not self._closed
+            old, self._spare = self._spare, (self._spawn() if self.keep_spare and idle else None)
         if old is not None:
             old.kill()
 
     def run(self, request: dict[str, Any], on_progress: Progress | None = None,
-            fallback: Location | None = None) -> RunOutcome:
+            fallback: Location | None = None, wanted: Callable[[], bool] | None = None) -> RunOutcome:
         """Run ``request`` (see :mod:`quantlens.daemon.worker`) to its end, blocking.
 
         ``fallback`` is where problems with no better place go (the config's ``model =`` line).
+        ``wanted`` is asked under the same lock as :meth:`cancel`, right before the worker is
+        taken: when it says no (a newer change came in), nothing starts and the outcome is
+        cancelled. A cancel that came before this run is otherwise forgotten here.
         """
         start = time.monotonic()
         with self._lock:
-            worker, self._spare = self._spare or self._spawn(), (self._spawn() if self.keep_spare else None)
+            if wanted is not None and not wanted():
+                return RunOutcome(cancelled=True)
+            worker, self._spare = self._spare or self._spawn(), None
             self._current = worker
             self._cancelled = False
         try:
@@ -176,8 +190,16 @@ class WorkerPool:
             with self._lock:
                 self._current = None
             worker.kill()
+            self._replace_spare()
         outcome.elapsed_s = time.monotonic() - start
         return outcome
+
+    def _replace_spare(self) -> None:
+        """Start the spare the run took, now that the run is over: its torch import competes
+        with no run for the CPU (a run right after a cancel waits for that import instead)."""
+        with self._lock:
+            if self.keep_spare and not self._closed and self._spare is None:
+                self._spare = self._spawn()
 
     def cancel(self) -> None:
         """Stop the run in progress (its worker is killed; the spare takes the next run)."""
@@ -188,6 +210,9 @@ class WorkerPool:
             current.kill()
 
     def close(self) -> None:
+        """Kill every worker; a run still ending starts no new spare."""
+        with self._lock:
+            self._closed = True
         self.cancel()
         with self._lock:
             spare, self._spare = self._spare, None
@@ -264,8 +289,14 @@ def _doing(stage: tuple[str, int, int | None]) -> str:
         return f"calibration batch {done + 1}{of}"
     if name == "simulate":
         return f"simulation batch {done + 1}{of}"
+    if name == "verify":
+        return f"verification pass {done + 1}{of}"
     if name == "sensitivity":
-        return f"sensitivity re-simulation {done + 1}{of}"
+        return f"sensitivity pass {done + 1}{of}"
+    if name == "thresholds":
+        return "the threshold search"
+    if name == "diagnose":
+        return "the diagnosis of the simulation"
     if name == "report":
         return "the report"
     if name == "load":

@@ -1,13 +1,17 @@
 """The diagnosis: turn an analysis result into findings (numpy only, no forward pass).
 
-``diagnose`` runs every rule, drops suppressed findings (``ignore = [...]`` in the config,
-``# quantlens: ignore[rule-id]`` on a reported line), explains degraded layers that no
-rule explains, and merges findings that land on one line (layers made in a loop or by a
-helper) into one with a count.
+``diagnose`` runs every rule, explains degraded layers that no rule explains, adds the
+library's own line of a point made inside library code to its findings' related lines,
+drops suppressed findings (``ignore = [...]`` in the config, ``# quantlens:
+ignore[rule-id]`` on a reported line; ``rule-id:point-name`` names one point), and then
+merges findings that land on one line (layers made in a loop, by a helper or by a library)
+into one that names every point it covers. Suppression comes before merging, so naming one
+point on a shared line keeps the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import linecache
 import re
 from collections import defaultdict
@@ -28,7 +32,7 @@ Rule = Callable[[Context], list[Finding]]
 
 RULE_ORDER: tuple[Rule, ...] = (
     rules_data.nonfinite,
-    rules_error.degraded_layers,  # first: fills ctx.degraded for the rules below
+    rules_error.degraded_layers,
     rules_error.output_and_global,
     rules_error.first_divergence,
     rules_error.sensitive_layers,
@@ -40,6 +44,7 @@ RULE_ORDER: tuple[Rule, ...] = (
     rules_range.activation_products,
     rules_range.normalization_inputs,
     rules_data.dataset_size,
+    rules_data.batch_shape,
     rules_data.dataset_mismatch,
     rules_weights.weight_precision,
     rules_weights.bias_correction,
@@ -53,6 +58,9 @@ NOT_A_CAUSE = frozenset({"degraded-layer", "global-degradation", "sensitive-laye
 
 _IGNORE = re.compile(r"#\s*quantlens:\s*ignore(?:\[([^\]]*)\])?")
 
+NAMED_POINTS = 5
+"""Points a merged finding's message names before "and N more" (its ``points`` has them all)."""
+
 
 def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
              ignore: Iterable[str] = (), memo: SearchMemo | None = None) -> list[Finding]:
@@ -63,11 +71,23 @@ def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
     for rule in RULE_ORDER:
         findings.extend(rule(ctx))
     findings.extend(_unexplained(ctx, findings))
-    ignored = set(ignore)
-    findings = [f for f in findings if f.rule not in ignored and not suppressed(f)]
+    findings = [_with_library_lines(f, ctx) for f in findings]
+    ignored = frozenset(ignore)
+    findings = [f for f in findings if not matches(f, ignored) and not suppressed(f)]
     findings = aggregate(findings, result)
     findings.sort(key=lambda f: (-f.severity.rank, _order(result, f), f.rule))
     return findings
+
+
+def matches(finding: Finding, entries: Iterable[str]) -> bool:
+    """Whether a suppression entry names the finding: ``rule-id`` every finding of the rule,
+    ``rule-id:point-name`` the rule's finding about that point (its first point, the one it
+    reports), so on a line shared by several points the others stay."""
+    for entry in entries:
+        rule, _, point = (part.strip() for part in entry.partition(":"))
+        if rule == finding.rule and (not point or point == (finding.points[0] if finding.points else None)):
+            return True
+    return False
 
 
 def suppressed(finding: Finding) -> bool:
@@ -80,9 +100,19 @@ def suppressed(finding: Finding) -> bool:
         if match is None:
             continue
         names = match.group(1)
-        if names is None or finding.rule in {n.strip() for n in names.split(",")}:
+        if names is None or matches(finding, names.split(",")):
             return True
     return False
+
+
+def _with_library_lines(finding: Finding, ctx: Context) -> Finding:
+    """The finding with the library lines of the points it is shown at as related lines (where
+    torch or a model zoo made the module or applied the op), so an editor can open them."""
+    shown = set(finding.locations)
+    lines = [p.info.library_source for name in finding.points if (p := ctx.by_name.get(name)) is not None
+             and p.info.library_source is not None and (p.info.source in shown or p.info.call_site in shown)]
+    extra = tuple(loc for loc in dict.fromkeys(lines) if loc not in finding.related and loc not in shown)
+    return dataclasses.replace(finding, related=(*finding.related, *extra)) if extra else finding
 
 
 def aggregate(findings: list[Finding], result: AnalysisResult) -> list[Finding]:
@@ -108,20 +138,29 @@ def aggregate(findings: list[Finding], result: AnalysisResult) -> list[Finding]:
             continue
         worst = max(group, key=lambda f: f.severity.rank)
         total = per_line.get(key[1], len(group)) if key[1] is not None else len(group)
-        names = tuple(n for f in group for n in f.points)
+        names = tuple(dict.fromkeys(n for f in group for n in f.points))
         related = tuple(dict.fromkeys(loc for f in group for loc in (*f.locations[1:], *f.related)))
+        covered = [f.points[0] for f in group]
         merged.append(Finding(
             rule=worst.rule,
             severity=worst.severity,
-            message=f"{worst.message} ({len(group)} of {total} points created at this line)",
+            message=f"{worst.message}; points: {_named(covered)} ({len(group)} of {total} points created at this line)",
             points=names,
             locations=worst.locations[:1],
-            evidence={**worst.evidence, "aggregated": [{"point": f.points[0], "message": f.message} for f in group]},
+            evidence={**worst.evidence, "aggregated": [{**f.evidence, "point": f.points[0], "message": f.message}
+                                                       for f in group]},
             recommendation=worst.recommendation,
             predicted=worst.predicted,
             related=related,
         ))
     return merged
+
+
+def _named(points: list[str]) -> str:
+    """The first :data:`NAMED_POINTS` names, then how many more."""
+    shown = ", ".join(points[:NAMED_POINTS])
+    rest = len(points) - NAMED_POINTS
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
@@ -134,7 +173,7 @@ def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
     out = []
     for name in sorted(ctx.degraded - explained):
         p = ctx.by_name[name]
-        if p.isolated is not None and not rules_error.failed_metrics(ctx, p.isolated, p.custom):
+        if p.isolated is not None and not ctx.failed(p.isolated, p.custom):
             continue
         bits = f"{p.activation.n_bits}-bit activations" + (f", {p.weights.n_bits}-bit weights" if p.weights else "")
         out.append(Finding(

@@ -10,6 +10,7 @@ from quantlens.core.activations import SearchMemo, predicted_sqnr
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.distribution import Distribution
 from quantlens.core.errors import Location
+from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.core.stats import PointStats
 from quantlens.core.thresholds import search_threshold
@@ -24,7 +25,6 @@ class Context:
         self.settings = settings
         self.points = result.points
         self.memo = memo if memo is not None else SearchMemo()
-        self.degraded: set[str] = set()
 
     def stats(self, p: PointResult) -> PointStats:
         return self.result.calibration.stats[p.name]
@@ -86,6 +86,23 @@ class Context:
         key = (p.name, "sqnr", part, threshold, a.n_bits, signed, shift)
         return self.memo.cached(self.stats(p), key,
                                 lambda: predicted_sqnr(self.part(p, part), threshold, a.n_bits, signed, shift))
+
+    def scores(self, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
+        """XQuant's normalised scores of ``sums`` (and the user's metrics) that have limits."""
+        limits = self.settings.threshold_quantize_error
+        scores = {m: self.settings.normalised(m, sums) for m in ("mse", "cs", "sqnr") if m in limits}
+        scores.update({k: v for k, v in custom.items() if k in limits})
+        return scores
+
+    def failed(self, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
+        """The metrics on which ``sums`` passes its degradation limit, with their scores."""
+        return {m: s for m, s in self.scores(sums, custom).items() if self.settings.is_degraded(m, s)}
+
+    @cached_property
+    def degraded(self) -> frozenset[str]:
+        """The quantized points whose cumulative error fails a limit (what degraded-layer
+        reports; every rule that asks "is this point degraded" reads this one answer)."""
+        return frozenset(p.name for p in self.quantized if p.cumulative is not None and self.failed(p.cumulative, p.custom))
 
     @cached_property
     def quantized(self) -> list[PointResult]:

@@ -1,13 +1,13 @@
-"""Rules about the data and the calibrator: dataset size and match, methods, NaN."""
+"""Rules about the data and the calibrator: dataset size, shapes and match, methods, NaN."""
 
 from __future__ import annotations
 
-
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import mct
+from quantlens.core.errors import Location
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
-from quantlens.core.stats import CalibrationResult
+from quantlens.core.stats import BatchShapes, CalibrationResult, ShapeMismatch
 from quantlens.core.thresholds import ErrorMethod
 
 DEGENERATE_RATIO = 2.0**-8
@@ -85,6 +85,74 @@ def dataset_size(ctx: Context) -> list[Finding]:
             recommendation=_more_data(cal),
         ))
     return findings
+
+
+def batch_shape(ctx: Context) -> list[Finding]:
+    """Batches whose input shape differs from the first batch's, and outputs whose batch size
+    differs from their input's: a model may accept both and fold samples into rows silently
+    (a reshape to a fixed row width), so the report describes data the deployment never sees."""
+    shapes = ctx.result.calibration.batch_shapes
+    where = _data_locations(ctx)
+    findings = []
+    odd_inputs = [m for m in shapes.mismatches if shapes.input_differs(m.input)]
+    if odd_inputs:
+        m = odd_inputs[0]
+        findings.append(_shape_finding(
+            shapes, odd_inputs, shapes.input_mismatches, where,
+            f"batch {m.batch} of the representative dataset has input shape {_shape(m.input)} where the first batch "
+            f"has {_shape(shapes.input)}{_others(odd_inputs, shapes.input_mismatches)}: the statistics mix inputs "
+            "the deployed model will not see alike",
+            "Yield batches of the shape the deployed model takes (crop or pad to one length); a model that accepts "
+            "another shape may still treat it differently (fold frames into rows, pool over another length)."))
+    odd_outputs = [m for m in shapes.mismatches if shapes.output_differs(m.input, m.output)]
+    if odd_outputs:
+        m = odd_outputs[0]
+        assert m.output is not None
+        findings.append(_shape_finding(
+            shapes, odd_outputs, shapes.output_mismatches, where,
+            f"the model output of batch {m.batch} has {m.output[0]} rows (shape {_shape(m.output)}) for an input of "
+            f"{m.input[0]} samples (shape {_shape(m.input)}){_others(odd_outputs, shapes.output_mismatches)}: the "
+            "model folds or splits samples along the batch dimension",
+            "Check the batch's shape against the one the model was built for: a reshape to a fixed row width "
+            "(e.g. frames per row) turns inputs of another length into other rows without an error."))
+    return findings
+
+
+def _shape_finding(shapes: BatchShapes, odd: list[ShapeMismatch], total: int, where: tuple[Location, ...],
+                   message: str, advice: str) -> Finding:
+    """One batch-shape warning: the first odd batch's shapes, and every odd batch kept."""
+    return Finding(
+        rule="batch-shape",
+        severity=Severity.WARNING,
+        message=message,
+        locations=where[:1],
+        related=where[1:],
+        evidence={"batch": odd[0].batch, "input_shape": odd[0].input, "output_shape": odd[0].output,
+                  "first_input_shape": shapes.input, "first_output_shape": shapes.output, "batches": total,
+                  "mismatches": [{"batch": m.batch, "input_shape": m.input, "output_shape": m.output} for m in odd]},
+        recommendation=Recommendation(advice),
+    )
+
+
+def _data_locations(ctx: Context) -> tuple[Location, ...]:
+    """The data function's ``def`` line and the config entry that names it; without either,
+    where the model input's point is shown."""
+    where = tuple(loc for loc in (ctx.result.data_source, ctx.result.data_config) if loc is not None)
+    if where:
+        return where
+    return next((ctx.locations(p) for p in ctx.points if p.info.kind == "input"), ())
+
+
+def _shape(shape: list[int]) -> str:
+    return str(tuple(shape))
+
+
+def _others(odd: list[ShapeMismatch], total: int) -> str:
+    """The message's suffix ``(3 batches differ: 2, 5, 7)`` when more than one batch differs."""
+    if total <= 1:
+        return ""
+    listed = ", ".join(str(m.batch) for m in odd) + (", ..." if total > len(odd) else "")
+    return f" ({total} batches differ: {listed})"
 
 
 def _fewest_values_per_channel(ctx: Context) -> tuple[PointResult, int] | None:

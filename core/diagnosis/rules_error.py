@@ -10,7 +10,6 @@ import math
 
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.findings import Finding, Recommendation, Severity
-from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import PointResult
 
 WIDE_BITS = 16
@@ -27,35 +26,20 @@ def keep_wide(names: list[str]) -> dict:
     return {f'overrides."{n}"': {"activation_n_bits": WIDE_BITS, "weights_n_bits": WIDE_BITS} for n in names}
 
 
-def _scores(ctx: Context, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
-    scores = {m: ctx.settings.normalised(m, sums) for m in ("mse", "cs", "sqnr")
-              if m in ctx.settings.threshold_quantize_error}
-    scores.update({k: v for k, v in custom.items() if k in ctx.settings.threshold_quantize_error})
-    return scores
-
-
-def failed_metrics(ctx: Context, sums: ErrorSums, custom: dict[str, float]) -> dict[str, float]:
-    """The metrics on which ``sums`` passes its degradation threshold, with their scores."""
-    return {m: s for m, s in _scores(ctx, sums, custom).items() if ctx.settings.is_degraded(m, s)}
-
-
 def degraded_layers(ctx: Context) -> list[Finding]:
     findings = []
     for p in ctx.quantized:
-        if p.cumulative is None:
+        if p.cumulative is None or p.name not in ctx.degraded:
             continue
-        scores = _scores(ctx, p.cumulative, p.custom)
-        failed = failed_metrics(ctx, p.cumulative, p.custom)
-        if not failed:
-            continue
-        ctx.degraded.add(p.name)
+        scores = ctx.scores(p.cumulative, p.custom)
+        failed = ctx.failed(p.cumulative, p.custom)
         iso = p.isolated.sqnr_db if p.isolated else float("nan")
         evidence = {"scores": scores, "failed": failed, "limits": ctx.settings.threshold_quantize_error,
                     "cumulative_sqnr_db": p.cumulative.sqnr_db, "isolated_sqnr_db": iso,
                     "cumulative_cosine": p.cumulative.cosine, "cumulative_mse": p.cumulative.mse}
         if p.isolated is not None:
             # empty: the point fails only cumulatively, so its error is inherited from upstream
-            evidence["isolated_failed"] = failed_metrics(ctx, p.isolated, p.custom)
+            evidence["isolated_failed"] = ctx.failed(p.isolated, p.custom)
         findings.append(Finding(
             rule="degraded-layer",
             severity=Severity.WARNING,
@@ -80,7 +64,7 @@ def output_and_global(ctx: Context) -> list[Finding]:
     anchor = ctx.points[-1] if ctx.points else None
     locations = ctx.locations(anchor) if anchor else ()
     if out.count:
-        scores = _scores(ctx, out, ctx.result.output.custom)
+        scores = ctx.scores(out, ctx.result.output.custom)
         failed = {m: s for m, s in scores.items() if ctx.settings.is_degraded(m, s)}
         if failed and not ctx.degraded:
             findings.append(Finding(
@@ -141,7 +125,7 @@ def _one_point_recovers(ctx: Context) -> bool:
 def _failing_alone(ctx: Context) -> list[str]:
     """The points degraded by their own quantization: their isolated error fails the limits
     (the user's metrics are measured cumulatively, so they do not count here)."""
-    return [p.name for p in ctx.quantized if p.isolated is not None and failed_metrics(ctx, p.isolated, {})]
+    return [p.name for p in ctx.quantized if p.isolated is not None and ctx.failed(p.isolated, {})]
 
 
 def _few_points_explain(ctx: Context, own: list[str]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantlens.core.diagnosis.context import Context
-from quantlens.core.diagnosis.rules_error import keep_wide, mct
+from quantlens.core.diagnosis.rules_error import WIDE_BITS, keep_wide, mct
 from quantlens.core.findings import Finding, Recommendation, Severity
 
 WEIGHT_FLOOR_DB_PER_BIT = 6.02
@@ -20,8 +20,8 @@ def weight_precision(ctx: Context) -> list[Finding]:
     findings = []
     for p in ctx.points:
         w = p.weights
-        if w is None:
-            continue
+        if w is None or w.n_bits >= WIDE_BITS:
+            continue  # the widest grid quantlens offers: there is no wider one to recommend
         floor = WEIGHT_FLOOR_DB_PER_BIT * w.n_bits - WEIGHT_FLOOR_OFFSET_DB
         worst = w.worst_channel_sqnr_db if w.worst_channel_sqnr_db is not None else w.sqnr_db
         if worst >= floor:
@@ -53,7 +53,7 @@ def weight_precision(ctx: Context) -> list[Finding]:
             rule="weight-precision",
             severity=Severity.WARNING,
             message=(f"{p.name}'s {w.n_bits}-bit weights keep only {worst:.1f} dB SQNR in their worst output channel "
-                     f"(under {floor:.0f} dB; {w.sqnr_db:.1f} dB over the tensor): {cause}"),
+                     f"(under {floor:.1f} dB; {w.sqnr_db:.1f} dB over the tensor): {cause}"),
             points=(p.name,),
             locations=ctx.locations(p),
             evidence={"worst_channel_sqnr_db": worst, "weights_sqnr_db": w.sqnr_db, "floor_db": floor,

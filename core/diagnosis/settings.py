@@ -47,6 +47,10 @@ class DiagnosisSettings:
     sensitivity_output_sqnr_db: float = 30.0
     """Rank the sensitive layers only when the model output is below this SQNR (or a layer is degraded)."""
     calibrator_margin_db: float = 3.0
+    min_fix_gain_db: float = 1.0
+    """A recommended change must raise the re-simulated output SQNR by this much to be recommended."""
+    max_verified_changes: int = 6
+    """Changes re-simulated per run (each costs one quantized pass over the simulation batches)."""
     shift_negative_min_gain_db: float = 1.0
     top_n: int = 5
 

@@ -12,6 +12,7 @@ Even batches go to half 0, odd batches to half 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,8 @@ class _Accumulator:
         self.sumsq = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(2)]
         self.channel_min: torch.Tensor | None = None
         self.channel_max: torch.Tensor | None = None
+        self.extent: tuple[torch.Tensor, torch.Tensor] | None = None
+        """Min and max of batches whose channel axis had another length than the latest's."""
         self.input_min: list[torch.Tensor] = []
         self.input_max: list[torch.Tensor] = []
         self.input_channel_sum: torch.Tensor | None = None
@@ -105,11 +108,22 @@ class _Accumulator:
             other = tuple(d for d in range(y.ndim) if d != axis)
             cmin, cmax = y.amin(dim=other), y.amax(dim=other)
         if self.channel_min is None or self.channel_min.shape != cmin.shape:
+            if self.channel_min is not None:  # frames of another length on a channels-last layout
+                self._keep_extent()
             self.channel_min, self.channel_max = cmin.clone(), cmax.clone()
         else:
             torch.minimum(self.channel_min, cmin, out=self.channel_min)
             torch.maximum(self.channel_max, cmax, out=self.channel_max)
         self.count += flat.numel()
+
+    def _keep_extent(self) -> None:
+        """The channels start over when the channel axis changes length; the range seen so far
+        must not go with them (it is the point's min and max)."""
+        assert self.channel_min is not None and self.channel_max is not None
+        lo, hi = self.channel_min.min(), self.channel_max.max()
+        if self.extent is not None:
+            lo, hi = torch.minimum(lo, self.extent[0]), torch.maximum(hi, self.extent[1])
+        self.extent = (lo, hi)
 
     def _unpack(self) -> None:
         """Move the packed cells into host int64 counts and bit sums of the occupied bins: at
@@ -184,11 +198,16 @@ class _Accumulator:
             top = float(means[order[-1]]) if len(lo) else 0.0
             cmin = np.where(np.isfinite(cmin), cmin, bottom)
             cmax = np.where(np.isfinite(cmax), cmax, top)
+        low, high = (float(cmin.min()), float(cmax.max())) if len(cmin) else (0.0, 0.0)
+        if self.extent is not None:  # batches of another channel count: their range counts too
+            kept_low, kept_high = (float(t) for t in self.extent)
+            low = min(low, kept_low) if math.isfinite(kept_low) else low  # NaN/Inf: the fallback above holds
+            high = max(high, kept_high) if math.isfinite(kept_high) else high
         return PointStats(
             count=int(counts.sum()),
             sumsq=float(sumsq.sum()),
-            min=float(cmin.min()) if len(cmin) else 0.0,
-            max=float(cmax.max()) if len(cmax) else 0.0,
+            min=low,
+            max=high,
             bins=keep.astype(np.int32),
             counts=counts,
             sums=sums,
@@ -214,11 +233,17 @@ class Collector:
         self.output_function = {p.output_function: p.name for p in points if p.output_function}
         self.input_module = {p.modules[0]: p.name for p in points if p.modules}
         self.weighted = {p.name: p for p in points if p.weight_module}
+        self.input_point = next((p.name for p in points if p.kind == "input"), None)
         self.half = 0
 
     @property
     def watched(self) -> set[str]:
         return set(self.output_module) | set(self.input_module)
+
+    def model_input(self, x: torch.Tensor | None) -> None:
+        """The batch's first tensor, before the forward: the model input's point."""
+        if self.input_point is not None and x is not None and x.is_floating_point():
+            self.acc[self.input_point].observe(x, self.half)
 
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         point = self.input_module.get(name)

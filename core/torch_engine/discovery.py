@@ -26,7 +26,10 @@ from quantlens.core.errors import Location
 from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine import ops
 from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
-from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
+from quantlens.core.torch_engine.sources import ConstructionSites, Workspace, library_frame
+
+INPUT_POINT = "input"
+"""Name of the model input's point (kind "input"; "model_input" if a module is named "input")."""
 
 
 @dataclass
@@ -45,6 +48,8 @@ class _Group:
     ndim: int = 0
     num_inputs: int = 1
     call_site: Location | None = None
+    library_source: Location | None = None
+    """For a functional point: the library line that applied the op (None: the workspace did)."""
     inputs: set[str] = field(default_factory=set)
     """Groups whose outputs it consumes (the data flow)."""
     varies: bool = False
@@ -75,12 +80,24 @@ class Discovery:
         self.output_points: frozenset[str] = frozenset()
         """The points the model output is computed from (empty: not followed)."""
         self._order = 0
+        self.input_point: str | None = None
+        """Name of the model input's point (None: the first tensor holds no floats)."""
+        self.input_source: Location | None = None
 
-    def model_inputs(self, tensors: Iterable[Any]) -> None:
-        """Mark the batch's tensors (before the forward): what varies with the data."""
-        for t in tensors:
-            if isinstance(t, torch.Tensor):
-                self._set_flow(t, (frozenset(), True))
+    def model_inputs(self, tensors: Iterable[Any], source: Location | None = None) -> None:
+        """Mark the batch's tensors (before the forward): what varies with the data. The first
+        tensor, when it holds floats, is the model input's point (deployment quantizes it, as
+        MCT does), first in order and the producer of what reads it; ``source`` is its line
+        (the data function's)."""
+        found = [t for t in tensors if isinstance(t, torch.Tensor)]
+        for i, t in enumerate(found):
+            origin: frozenset[str] = frozenset()
+            if i == 0 and t.is_floating_point():
+                self.input_point = INPUT_POINT if INPUT_POINT not in self.modules else f"model_{INPUT_POINT}"
+                self.input_source = source
+                self._new_group(self.input_point, [], [], [], t).varies = True
+                origin = frozenset({self.input_point})
+            self._set_flow(t, (origin, True))
 
     def tensor_op(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """An op that is no point: its output is computed from what its inputs were (an
@@ -162,6 +179,7 @@ class Discovery:
         group.kinds = ["function"]
         group.module_types = [op]
         group.call_site = call_site
+        group.library_source = library_frame(self.workspace, sys._getframe(1))
         group.constant_inputs = [i for i, t in enumerate(inputs) if not self._flow_of([t])[1]]
         self._mark(out, key, 2)
         self._flow_point(key, consumed, output)
@@ -252,11 +270,14 @@ class Discovery:
         result: list[PointInfo] = []
         feeding = self._feeding()
         for name, group in sorted(self.groups.items(), key=lambda kv: kv[1].order):
+            if name == self.input_point:
+                result.append(self._input_info(group))
+                continue
             modules = [m for m, k in zip(group.members, group.kinds) if k != "function"]
             anchor = self.modules.get(modules[0]) if modules else None
             frames = self.sites.get(anchor) if (self.sites is not None and anchor is not None) else []
             call_site = self.call_sites.get(modules[0]) if modules else group.call_site
-            source = frames[0] if frames else call_site
+            source = (frames[0] if frames else call_site) or self._enclosing_site(modules[0] if modules else name)
             weight_module = modules[0] if isinstance(anchor, ops.WEIGHTED) else None
             folded = next((m for m, k in zip(group.members, group.kinds) if k == "bn"), None)
             result.append(PointInfo(
@@ -269,6 +290,8 @@ class Discovery:
                 source=source,
                 source_stack=list(frames[1:]) if frames else [],
                 call_site=call_site,
+                library_source=(self.sites.library(anchor) if self.sites is not None and anchor is not None
+                                else group.library_source),
                 output_function=group.function_key,
                 weight_module=weight_module,
                 folded_bn=folded,
@@ -280,6 +303,28 @@ class Discovery:
                 constant_inputs=group.constant_inputs,
             ))
         return result
+
+    def _input_info(self, group: _Group) -> PointInfo:
+        """The model input's point: no module, shown at the data function's line; the model
+        output is computed from it (a model that ignores its input is not worth a rule)."""
+        assert self.input_point is not None
+        return PointInfo(name=self.input_point, kind="input", op="input", modules=[], module_types=[], activation=None,
+                         source=self.input_source, channel_axis=self._channel_axis(None, group.ndim), order=0)
+
+    def _enclosing_site(self, name: str) -> Location | None:
+        """The workspace line that created the nearest enclosing module that has one: for a
+        point whose module and op lines are all library code (a library model's forward run
+        from no workspace frame, a module built before the factory ran), the workspace line
+        that called into the library."""
+        if self.sites is None:
+            return None
+        parts = name.split(".")
+        for depth in range(len(parts) - 1, -1, -1):
+            module = self.modules.get(".".join(parts[:depth]))
+            frames = self.sites.get(module) if module is not None else []
+            if frames:
+                return frames[0]
+        return None
 
     @staticmethod
     def _channel_axis(anchor: nn.Module | None, ndim: int) -> int:

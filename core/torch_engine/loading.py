@@ -39,6 +39,9 @@ class Batch:
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     labels: Any = None
+    source: Location | None = None
+    """The line of the data function that produced it (its ``def`` line): where a problem with
+    the batch (a forward that fails on it, a shape that differs) is shown."""
 
     @property
     def size(self) -> int:
@@ -46,6 +49,17 @@ class Batch:
             if isinstance(t, torch.Tensor) and t.ndim > 0:
                 return int(t.shape[0])
         return 1
+
+    @property
+    def input(self) -> torch.Tensor | None:
+        """The first tensor (positional arguments first): the model input that is quantized."""
+        return next((t for t in [*self.args, *self.kwargs.values()] if isinstance(t, torch.Tensor)), None)
+
+    def shapes(self) -> str:
+        """Its tensors' shapes for a message: ``(4, 16, 101)``, ``(4, 16), mask=(4,)``."""
+        parts = [str(tuple(t.shape)) for t in self.args if isinstance(t, torch.Tensor)]
+        parts += [f"{k}={tuple(v.shape)}" for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)]
+        return ", ".join(parts)
 
 
 def import_file(path: Path, roots: list[Path]) -> ModuleType:
@@ -227,6 +241,7 @@ def checked_batches(source: UserFunction, roots: list[Path], device: torch.devic
         except QuantlensError as exc:
             raise QuantlensError([source.problem(f"{source.label}: {p.message}", p.code, p.hint)
                                   for p in exc.problems]) from None
+        batch.source = source.definition or source.config
         yield batch
         count += 1
     if count == 0:

@@ -10,24 +10,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantlens.core.activations import ActivationQuant, SearchMemo, quantize_activations
+from quantlens.core.activations import SearchMemo, quantize_activations
+from quantlens.core.changes import Change, apply_change
 from quantlens.core.config import ProjectConfig
-from quantlens.core.measurements import Measurements, OutputMetrics, PointMeasurement
-from quantlens.core.rediagnose import assemble, rediagnose
+from quantlens.core.diagnosis.rules_error import keep_wide
+from quantlens.core.diagnosis.settings import DiagnosisSettings
+from quantlens.core.errors import Location
+from quantlens.core.measurements import WEIGHT_SETTINGS, Measurements, OutputMetrics, PointMeasurement, Verification, weight_key
+from quantlens.core.rediagnose import assemble, judge, rediagnose
 from quantlens.core.result import AnalysisResult
-from quantlens.core.settings import PointOverride, QuantSettings
-from quantlens.core.stats import CalibrationResult
+from quantlens.core.settings import QuantSettings
+from quantlens.core.stats import CalibrationResult, PointInfo
 from quantlens.core.torch_engine.calibrate import calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
 from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
-from quantlens.core.torch_engine.simulate import Metric, simulate
+from quantlens.core.torch_engine.simulate import Metric, QuantizedWeights, Variant, resimulate, simulate
 from quantlens.core.torch_engine.sources import ConstructionSites
+from quantlens.core.verification import candidates
 
 BatchSource = Callable[[], Iterable[Any]]
 """Something that gives a fresh pass over the data each time it is called."""
 
 StageProgress = Callable[[str, int, int | None], None]
 """(stage, batches done, total or None)."""
+
+
+SIMULATION_BATCHES = 2
+"""Default ``num_simulation_batches``: the errors are means over many values, so they settle
+on far fewer batches than the thresholds need (BENCHMARKS.md measures the difference); each
+simulated batch costs about three forwards and each verified change one more."""
+
+Choose = Callable[[Measurements], list[Change]]
+"""The changes to verify, chosen from the diagnosis of the base measurements (torch-free)."""
 
 
 def measure(
@@ -42,64 +56,117 @@ def measure(
     evaluate: Callable | None = None,
     progress: StageProgress | None = None,
     timings: dict[str, float] | None = None,
-    sensitive_k: tuple[int, ...] = (1, 3),
+    choose: Choose | None = None,
+    sensitivity: bool = False,
+    simulation_batches: int | None = SIMULATION_BATCHES,
     memo: SearchMemo | None = None,
 ) -> Measurements:
-    """Everything after calibration that needs the model: simulation, weights, sensitivity."""
+    """Everything after calibration that needs the model: the simulation (on the first
+    ``simulation_batches`` batches; None: all), the weights, the verification of the changes
+    ``choose`` picks from its diagnosis, and with ``sensitivity`` the sensitivity search."""
     timings = timings if timings is not None else {}
+    memo = memo if memo is not None else SearchMemo()
     start = time.perf_counter()
+    if progress:
+        progress("thresholds", 0, None)
     acts = quantize_activations(calibration, settings, memo=memo)
     weights, reports = quantize_model_weights(model, calibration.points, settings, calibration.stats)
     timings["thresholds"] = time.perf_counter() - start
+    count = calibration.num_batches if simulation_batches is None else min(simulation_batches, calibration.num_batches)
+
+    def simulated() -> Iterable[Batch]:
+        return _limited(batches(), count)
+
     start = time.perf_counter()
     sim = simulate(
-        model, calibration.points, acts, weights, batches(), roots,
+        model, calibration.points, acts, weights, simulated(), roots,
         metrics=metrics, validation=validation() if validation else None, evaluate=evaluate,
-        progress=(lambda i, n: progress("simulate", i, n)) if progress else None,
-        total=calibration.num_batches,
+        progress=_stage(progress, "simulate"), total=count, keep_outputs=True,
     )
     timings["simulate"] = time.perf_counter() - start
     points = {p.name: PointMeasurement(sim.isolated.get(p.name), sim.cumulative.get(p.name), sim.custom.get(p.name, {}))
               for p in calibration.points}
     output = OutputMetrics(sim.output, sim.top1_agreement, sim.float_eval, sim.quant_eval, sim.custom.get("__output__", {}))
-    start = time.perf_counter()
-    sensitivity = measure_sensitivity(model, calibration, acts, points, batches, settings, roots, sensitive_k, memo)
     validation_stats = None
     if validation is not None:
         validation_stats = calibrate_batches(model, validation(), roots, points=calibration.points)
-    timings["diagnosis_passes"] = time.perf_counter() - start
-    return Measurements(settings, points, output, reports, sensitivity, validation_stats)
+    measurements = Measurements(settings, points, output, reports, [], validation_stats, simulation_batches=count)
+    variant = _Variants(model, calibration, settings, weights, memo)
+    if choose is not None:
+        start = time.perf_counter()
+        if progress:
+            progress("diagnose", 0, None)
+        changes = choose(measurements)
+        timings["choose"] = time.perf_counter() - start
+        start = time.perf_counter()
+        outs = resimulate(model, calibration.points, [variant.of(c) for c in changes], simulated(), roots,
+                          reference=sim.outputs, metrics=metrics, progress=_stage(progress, "verify"),
+                          total=count * len(changes)) if changes else []
+        measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom) for c, o in zip(changes, outs)]
+        timings["verify"] = time.perf_counter() - start
+    if sensitivity:
+        start = time.perf_counter()
+        measurements.sensitivity = measure_sensitivity(model, calibration, measurements, variant, simulated, roots,
+                                                       sim.outputs, progress)
+        timings["sensitivity"] = time.perf_counter() - start
+    return measurements
 
 
-def analyze_calibrated(model: nn.Module, calibration: CalibrationResult, batches: BatchSource,
-                       settings: QuantSettings, roots: list[Path], **options: Any) -> AnalysisResult:
-    """Everything after calibration, as a result without findings (see :func:`measure`)."""
-    timings: dict[str, float] = options.pop("timings", None) or {}
-    measurements = measure(model, calibration, batches, settings, roots, timings=timings, **options)
-    result = assemble(calibration, settings, measurements)
-    result.timings = timings
-    return result
+class _Variants:
+    """The thresholds and weights of the base settings with one change applied: weights are
+    re-quantized only for the points whose weight settings the change touches."""
+
+    def __init__(self, model: nn.Module, calibration: CalibrationResult, settings: QuantSettings,
+                 weights: dict[str, QuantizedWeights], memo: SearchMemo):
+        self.model = model
+        self.calibration = calibration
+        self.settings = settings
+        self.weights = weights
+        self.memo = memo
+
+    def of(self, change: Change) -> Variant:
+        changed = apply_change(self.settings, change)
+        assert changed is not None, change  # choose() returns only changes that apply
+        return self.under(changed)
+
+    def under(self, settings: QuantSettings) -> Variant:
+        acts = quantize_activations(self.calibration, settings, compare_methods=False, memo=self.memo)
+        if weight_key(settings) == weight_key(self.settings):
+            return Variant(acts, self.weights)
+        same_globals = all(getattr(settings, n) == getattr(self.settings, n) for n in WEIGHT_SETTINGS)
+        points = [p for p in self.calibration.points if p.weight_module and
+                  (not same_globals or _weight_bits(settings, p) != _weight_bits(self.settings, p))]
+        fresh, _ = quantize_model_weights(self.model, points, settings, self.calibration.stats)
+        names = {p.name for p in points}
+        return Variant(acts, {**{k: v for k, v in self.weights.items() if k not in names}, **fresh})
 
 
-def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, acts: dict[str, ActivationQuant],
-                        points: dict[str, PointMeasurement], batches: BatchSource, settings: QuantSettings,
-                        roots: list[Path], ks: tuple[int, ...], memo: SearchMemo | None = None) -> list[dict[str, Any]]:
-    """Output SQNR with the k points of worst isolated SQNR kept at 16 bits (re-simulated)."""
-    ranked = sorted((name for name, m in points.items() if m.isolated is not None and acts[name].quantize),
+def _weight_bits(settings: QuantSettings, point: PointInfo) -> tuple[int, bool]:
+    override = settings.for_point([point.name, *point.modules], point.module_types)
+    return override.weights_n_bits or settings.weights_n_bits, override.quantize
+
+
+def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, measurements: Measurements,
+                        variants: _Variants, batches: BatchSource, roots: list[Path],
+                        reference: list[torch.Tensor] | None, progress: StageProgress | None,
+                        ks: tuple[int, ...] = (1, 3)) -> list[dict[str, Any]]:
+    """Output SQNR with the k points of worst isolated SQNR kept at 16 bits, re-simulated
+    together (only on request: ``--sensitivity``, the editor's quantize-now command)."""
+    points = measurements.points
+    ranked = sorted((name for name, m in points.items()
+                     if m.isolated is not None and measurements.settings.for_point([name], []).quantize),
                     key=lambda name: points[name].isolated.sqnr_db)  # type: ignore[union-attr]
-    out: list[dict[str, Any]] = []
-    for k in ks:
-        if 2 * k > len(ranked):
-            break  # keeping half the model wide says nothing about which layers matter
-        chosen = ranked[:k]
-        overrides = {**settings.overrides, **{n: PointOverride(activation_n_bits=16, weights_n_bits=16) for n in chosen}}
-        trial = settings.with_changes(overrides=overrides)
-        trial_acts = quantize_activations(calibration, trial, compare_methods=False, memo=memo)
-        weights, _ = quantize_model_weights(model, calibration.points, trial, calibration.stats)
-        sim = simulate(model, calibration.points, trial_acts, weights, batches(), roots)
-        out.append({"k": k, "points": chosen, "output_sqnr_db": sim.output.sqnr_db,
-                    "top1_agreement": sim.top1_agreement})
-    return out
+    chosen = [ranked[:k] for k in ks if 2 * k <= len(ranked)]  # half the model wide says nothing
+    changes: list[Change] = [keep_wide(names) for names in chosen]
+    variants_list = [variants.of(c) for c in changes]
+    outs = resimulate(model, calibration.points, variants_list, batches(), roots, reference=reference,
+                      progress=_stage(progress, "sensitivity"), total=measurements.simulation_batches * len(changes))
+    return [{"k": len(names), "points": names, "output_sqnr_db": o.error.sqnr_db, "top1_agreement": o.top1_agreement}
+            for names, o in zip(chosen, outs)]
+
+
+def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int | None], None] | None:
+    return (lambda i, n: progress(stage, i, n)) if progress else None
 
 
 def analyze_model(
@@ -114,23 +181,44 @@ def analyze_model(
     evaluate: Callable | None = None,
     progress: StageProgress | None = None,
     limit: int | None = None,
-    sensitive_k: tuple[int, ...] = (1, 3),
+    diagnosis: DiagnosisSettings | None = None,
+    ignore: tuple[str, ...] = (),
+    sensitivity: bool = False,
+    simulation_batches: int | None = SIMULATION_BATCHES,
+    data_source: Location | None = None,
 ) -> AnalysisResult:
+    """The whole analysis of a model object, findings judged by verification (the Python
+    API; the CLI runs :func:`measure_project`)."""
     timings: dict[str, float] = {}
+    diagnosis = diagnosis or DiagnosisSettings()
+    memo = SearchMemo()
     start = time.perf_counter()
     calibration = calibrate_batches(
-        model, _limited(batches(), limit), roots, sites,
-        progress=(lambda i, n: progress("calibrate", i, n)) if progress else None, limit=limit,
+        model, _limited(batches(), limit), roots, sites, progress=_stage(progress, "calibrate"), limit=limit,
     )
     timings["calibrate"] = time.perf_counter() - start
-    return analyze_calibrated(
-        model, calibration, lambda: _limited(batches(), limit), settings, roots, metrics=metrics,
-        validation=validation, evaluate=evaluate, progress=progress, timings=timings, sensitive_k=sensitive_k,
-    )
+
+    def judged(measurements: Measurements) -> AnalysisResult:
+        result = assemble(calibration, settings, measurements, memo)
+        result.data_source = data_source
+        return judge(result, measurements, diagnosis, ignore, memo)
+
+    def choose(measurements: Measurements) -> list[Change]:
+        result = judged(measurements)
+        return candidates(result, result.findings, diagnosis)
+
+    measurements = measure(model, calibration, lambda: _limited(batches(), limit), settings, roots, metrics=metrics,
+                           validation=validation, evaluate=evaluate, progress=progress, timings=timings,
+                           choose=choose, sensitivity=sensitivity, simulation_batches=simulation_batches, memo=memo)
+    start = time.perf_counter()
+    result = judged(measurements)
+    timings["diagnose"] = time.perf_counter() - start
+    result.timings = timings
+    return result
 
 
 def measure_project(config: ProjectConfig, progress: StageProgress | None = None,
-                    calibration: CalibrationResult | None = None,
+                    calibration: CalibrationResult | None = None, sensitivity: bool = False,
                     ) -> tuple[CalibrationResult, Measurements, dict[str, float]]:
     """Run the configured project: calibration (unless ``calibration`` is given, from a cache
     whose key covers the model, weights and data) and measurements; the findings come from
@@ -159,16 +247,24 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
                                         progress=(lambda i, n: progress("calibrate", i, n)) if progress else None,
                                         limit=config.num_calibration_batches)
         timings["calibrate"] = time.perf_counter() - start
+    memo = SearchMemo()
+
+    def choose(measurements: Measurements) -> list[Change]:
+        result = rediagnose(calibration, config, measurements, memo=memo)
+        return candidates(result, result.findings, config.diagnosis)
+
     measurements = measure(model, calibration, batches, config.settings, roots, metrics=metrics,
                            validation=validation if validation_ref else None, evaluate=evaluate,
-                           progress=progress, timings=timings)
+                           progress=progress, timings=timings, choose=choose, sensitivity=sensitivity,
+                           simulation_batches=config.num_simulation_batches, memo=memo)
     return calibration, measurements, timings
 
 
-def analyze_project(config: ProjectConfig, progress: StageProgress | None = None) -> AnalysisResult:
+def analyze_project(config: ProjectConfig, progress: StageProgress | None = None,
+                    sensitivity: bool = False) -> AnalysisResult:
     """The whole configured analysis in this process, with its findings (tests, benchmarks;
     the CLI and the language server run :func:`measure_project` in a worker process)."""
-    calibration, measurements, timings = measure_project(config, progress)
+    calibration, measurements, timings = measure_project(config, progress, sensitivity=sensitivity)
     start = time.perf_counter()
     result = rediagnose(calibration, config, measurements, timings=timings)
     result.timings["diagnose"] = time.perf_counter() - start

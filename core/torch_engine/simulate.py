@@ -14,6 +14,7 @@ Nothing is kept across batches but sums (:class:`ErrorSums`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class SimulationResult:
     """Per point (and "__output__"): metric name -> mean over batches."""
     float_eval: dict[str, float] = field(default_factory=dict)
     quant_eval: dict[str, float] = field(default_factory=dict)
+    outputs: list[torch.Tensor] | None = None
+    """The float model outputs per batch (``keep_outputs``), None when not kept."""
 
 
 def fake_quant(y: torch.Tensor, q: ActivationQuant) -> torch.Tensor:
@@ -65,10 +68,16 @@ def fake_quant(y: torch.Tensor, q: ActivationQuant) -> torch.Tensor:
 
 
 def _sums(x: torch.Tensor, q: torch.Tensor) -> ErrorSums:
-    x = x.detach().double()
-    q = q.detach().double()
+    """The error sums of one tensor pair, as four dot products in the tensors' own precision
+    (float32 unless double: the error is formed before squaring, so no cancellation; a
+    batch's sums are then added up in Python floats). Converting to double first cost the
+    simulation a third of its time on mobilenet_like (BENCHMARKS.md)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.detach().reshape(-1).to(dtype)
+    q = q.detach().reshape(-1).to(dtype)
     e = x - q
-    return ErrorSums(float(x.numel()), float((x * x).sum()), float((q * q).sum()), float((x * q).sum()), float((e * e).sum()))
+    return ErrorSums(float(x.numel()), float(torch.dot(x, x)), float(torch.dot(q, q)), float(torch.dot(x, q)),
+                     float(torch.dot(e, e)))
 
 
 class _Plan:
@@ -84,6 +93,8 @@ class _Plan:
         self.output_function = {p.output_function: p.name for p in points if p.output_function}
         self.anchor = {p.modules[0]: p.name for p in points if p.weight_module}
         self.folded_bn = {p.folded_bn for p in points if p.folded_bn and p.name in weights}
+        self.input_point = next((p.name for p in points if p.kind == "input"), None)
+        """The model input's point (MCT quantizes the input), None when the model has none."""
 
     @property
     def watched(self) -> set[str]:
@@ -99,6 +110,13 @@ class _FloatPass:
         self.isolated = isolated
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
+
+    def model_input(self, batch: Batch) -> None:
+        """The model input is a point: its float value and its isolated error (its own)."""
+        point = self.plan.input_point
+        x = first_input(batch)
+        if point is not None and x is not None:
+            self._record(point, x, lambda y: y)
 
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         point = self.plan.anchor.get(name)
@@ -146,6 +164,15 @@ class _QuantPass:
         self.metrics = metrics
         self.custom = custom
 
+    def model_input(self, batch: Batch) -> Batch:
+        """``batch`` with the model input fake-quantized (when the input is a point)."""
+        point = self.plan.input_point
+        x = first_input(batch)
+        if point is None or x is None:
+            return batch
+        q = self._quantize(point, x)
+        return batch if q is None else with_first_input(batch, q)
+
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         return None
 
@@ -175,6 +202,29 @@ class _QuantPass:
         return replace_first(output, q)
 
 
+def first_input(batch: Batch) -> torch.Tensor | None:
+    """The model input that is quantized: the batch's first floating-point tensor argument."""
+    for value in (*batch.args, *batch.kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value if value.is_floating_point() else None
+    return None
+
+
+def with_first_input(batch: Batch, x: torch.Tensor) -> Batch:
+    """``batch`` with its first tensor argument replaced by ``x``."""
+    args = list(batch.args)
+    for i, value in enumerate(args):
+        if isinstance(value, torch.Tensor):
+            args[i] = x
+            return dataclasses.replace(batch, args=tuple(args))
+    kwargs = dict(batch.kwargs)
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            kwargs[key] = x
+            break
+    return dataclasses.replace(batch, kwargs=kwargs)
+
+
 @contextmanager
 def swapped_parameters(module: nn.Module, new: QuantizedWeights) -> Iterator[None]:
     """Temporarily give ``module`` other weight and bias tensors (restored on exit)."""
@@ -200,6 +250,28 @@ def quantized_weights(model: nn.Module, points: list[PointInfo], weights: dict[s
         yield
 
 
+KEEP_OUTPUTS_BYTES = 64 << 20
+"""The float model outputs of a simulation are kept for the re-simulations that follow (so
+they need no float pass of their own) while they take at most this much memory."""
+
+
+@dataclass
+class Variant:
+    """One way of quantizing the model: the thresholds of every point and the quantized weights."""
+
+    acts: dict[str, ActivationQuant]
+    weights: dict[str, QuantizedWeights]
+
+
+@dataclass
+class VariantOutput:
+    """A re-simulated variant's model output against the float model's."""
+
+    error: ErrorSums = field(default_factory=ErrorSums)
+    top1_agreement: float | None = None
+    custom: dict[str, float] = field(default_factory=dict)
+
+
 def simulate(
     model: nn.Module,
     points: list[PointInfo],
@@ -213,33 +285,35 @@ def simulate(
     evaluate: Callable[[torch.Tensor, Any], Any] | None = None,
     progress: Progress | None = None,
     total: int | None = None,
+    keep_outputs: bool = False,
 ) -> SimulationResult:
+    """Every point's isolated and cumulative error and the model output's, under one variant.
+
+    With ``keep_outputs`` the float model outputs are returned (``SimulationResult.outputs``)
+    while they fit in KEEP_OUTPUTS_BYTES, for :func:`resimulate` to compare against."""
     model.eval()
     metrics = metrics or {}
     plan = _Plan(points, acts, weights, dict(model.named_modules()))
     isolated: dict[str, ErrorSums] = {}
     cumulative: dict[str, ErrorSums] = {}
     custom_lists: dict[str, dict[str, list[float]]] = {}
-    output_sums = ErrorSums()
-    agree = seen = 0
+    output = _OutputAccumulator(metrics)
+    kept: list[torch.Tensor] | None = [] if keep_outputs else None
+    kept_bytes = 0
     device = model_device(model)
     if progress:
         progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for i, batch in enumerate(as_batches(batches, device)):
             float_pass = _FloatPass(plan, isolated)
+            float_pass.model_input(batch)
             with Instrumentation(model, float_pass, watched=plan.watched):
                 out_f = first_tensor(run_forward(model, batch, roots))
-            quant_pass = _QuantPass(plan, float_pass.outputs, cumulative, metrics, custom_lists)
-            with quantized_weights(model, points, weights), Instrumentation(model, quant_pass, watched=plan.watched):
-                out_q = first_tensor(run_forward(model, batch, roots))
-            if out_f is not None and out_q is not None and out_f.is_floating_point():
-                output_sums = output_sums + _sums(out_f, out_q)
-                for metric_name, fn in metrics.items():
-                    custom_lists.setdefault("__output__", {}).setdefault(metric_name, []).append(float(fn(out_f, out_q)))
-                if out_f.ndim == 2 and out_f.shape[1] > 1:
-                    agree += int((out_f.argmax(1) == out_q.argmax(1)).sum())
-                    seen += out_f.shape[0]
+            out_q = _quantized_forward(model, plan, batch, roots, float_pass.outputs, cumulative, metrics, custom_lists)
+            output.add(out_f, out_q)
+            if kept is not None and out_f is not None:
+                kept_bytes += out_f.numel() * out_f.element_size()
+                kept = kept + [out_f] if kept_bytes <= KEEP_OUTPUTS_BYTES else None
             if progress:
                 progress(i + 1, total)
         float_eval: dict[str, float] = {}
@@ -247,10 +321,91 @@ def simulate(
         if validation is not None:
             float_eval, quant_eval = _evaluate(model, plan, points, weights, validation, roots, evaluate, device)
     custom = {p: {m: sum(v) / len(v) for m, v in d.items()} for p, d in custom_lists.items()}
+    result = output.result()
     return SimulationResult(
-        isolated=isolated, cumulative=cumulative, output=output_sums,
-        top1_agreement=agree / seen if seen else None, custom=custom, float_eval=float_eval, quant_eval=quant_eval,
+        isolated=isolated, cumulative=cumulative, output=result.error, top1_agreement=result.top1_agreement,
+        custom={**custom, **({"__output__": result.custom} if result.custom else {})},
+        float_eval=float_eval, quant_eval=quant_eval, outputs=kept,
     )
+
+
+def resimulate(
+    model: nn.Module,
+    points: list[PointInfo],
+    variants: list[Variant],
+    batches: Iterable[Batch],
+    roots: list[Path],
+    *,
+    reference: list[torch.Tensor] | None = None,
+    metrics: dict[str, Metric] | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> list[VariantOutput]:
+    """The model output of several variants at once: the one re-simulation entry point of
+    verification and sensitivity.
+
+    The variants share each batch and its float output (``reference``, the float outputs a
+    :func:`simulate` kept, in batch order; a plain float forward when None), so K variants
+    cost K quantized passes and nothing per point is accumulated.
+    """
+    model.eval()
+    metrics = metrics or {}
+    modules = dict(model.named_modules())
+    plans = [_Plan(points, v.acts, v.weights, modules) for v in variants]
+    outputs = [_OutputAccumulator(metrics) for _ in variants]
+    device = model_device(model)
+    steps = 0
+    if progress:
+        progress(0, total)
+    with torch.no_grad():
+        for i, batch in enumerate(as_batches(batches, device)):
+            if reference is not None and i < len(reference):
+                out_f = reference[i]
+            else:
+                out_f = first_tensor(run_forward(model, batch, roots))
+            for plan, output in zip(plans, outputs):
+                output.add(out_f, _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}))
+                steps += 1
+                if progress:
+                    progress(steps, total)
+    return [o.result() for o in outputs]
+
+
+class _OutputAccumulator:
+    """Sums of the model output's error, top-1 agreement and the user's metrics over batches."""
+
+    def __init__(self, metrics: dict[str, Metric]):
+        self.metrics = metrics
+        self.sums = ErrorSums()
+        self.custom: dict[str, list[float]] = {}
+        self.agree = 0
+        self.seen = 0
+
+    def add(self, out_f: torch.Tensor | None, out_q: torch.Tensor | None) -> None:
+        if out_f is None or out_q is None or not out_f.is_floating_point() or out_f.shape != out_q.shape:
+            return
+        self.sums = self.sums + _sums(out_f, out_q)
+        for name, fn in self.metrics.items():
+            self.custom.setdefault(name, []).append(float(fn(out_f, out_q)))
+        if out_f.ndim == 2 and out_f.shape[1] > 1:
+            self.agree += int((out_f.argmax(1) == out_q.argmax(1)).sum())
+            self.seen += out_f.shape[0]
+
+    def result(self) -> VariantOutput:
+        return VariantOutput(self.sums, self.agree / self.seen if self.seen else None,
+                             {m: sum(v) / len(v) for m, v in self.custom.items()})
+
+
+def _quantized_forward(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path],
+                       floats: dict[str, torch.Tensor], cumulative: dict[str, ErrorSums],
+                       metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]]) -> torch.Tensor | None:
+    """One quantized forward of ``batch``: quantized weights, folded BatchNorms, every point's
+    output fake-quantized; cumulative errors against ``floats`` where given."""
+    quant_pass = _QuantPass(plan, floats, cumulative, metrics, custom)
+    batch = quant_pass.model_input(batch)
+    with quantized_weights(model, list(plan.points.values()), plan.weights), \
+            Instrumentation(model, quant_pass, watched=plan.watched):
+        return first_tensor(run_forward(model, batch, roots))
 
 
 def _evaluate(model: nn.Module, plan: _Plan, points: list[PointInfo], weights: dict[str, QuantizedWeights],
@@ -262,9 +417,7 @@ def _evaluate(model: nn.Module, plan: _Plan, points: list[PointInfo], weights: d
     count = 0
     for batch in as_batches(batches, device):
         out_f = first_tensor(run_forward(model, batch, roots))
-        quant_pass = _QuantPass(plan, {}, {}, {}, {})
-        with quantized_weights(model, points, weights), Instrumentation(model, quant_pass, watched=plan.watched):
-            out_q = first_tensor(run_forward(model, batch, roots))
+        out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {})
         n = batch.size
         for totals, out in ((totals_f, out_f), (totals_q, out_q)):
             try:

@@ -57,7 +57,8 @@ def _rule(rule: RuleInfo) -> dict:
         "fullDescription": {"text": rule.description},
         "defaultConfiguration": {"level": LEVELS[rule.default_severity.value]},
         "help": {"text": f"{rule.description} To silence it, add `# quantlens: ignore[{rule.id}]` to the "
-                         f'reported line, or `ignore = ["{rule.id}"]` to [tool.quantlens].'},
+                         f'reported line, or `ignore = ["{rule.id}"]` to [tool.quantlens]; '
+                         f"`{rule.id}:point-name` in either silences the finding about one point."},
     }
 
 

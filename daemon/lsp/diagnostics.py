@@ -87,7 +87,9 @@ def _anchor(finding: Finding, fallback: Location | None) -> Location | None:
 
 def _shown(finding: Finding, causes: _Causes) -> _Shown:
     calls = tuple((loc, f"{finding.rule}: applied here in forward") for loc in finding.locations[1:])
-    related = tuple((loc, f"{finding.rule}: see also") for loc in finding.related)
+    library = causes.library_lines(finding.points)
+    related = tuple((loc, f"{finding.rule}: library code of {', '.join(library[loc])}" if loc in library
+                     else f"{finding.rule}: see also") for loc in finding.related)
     inherited = _inherited(finding)
     if not inherited:
         return _Shown(finding, (*calls, *related))
@@ -166,6 +168,16 @@ class _Causes:
         if earlier:
             return earlier[-1]
         return next((n for n in self.degraded if self._order(n) < start), None)
+
+    def library_lines(self, names: Iterable[str]) -> dict[Location, list[str]]:
+        """The library lines (``PointInfo.library_source``) of the named points, each with the
+        points made or applied there."""
+        lines: dict[Location, list[str]] = {}
+        for name in names:
+            point = self.points.get(name)
+            if point is not None and point.info.library_source is not None:
+                lines.setdefault(point.info.library_source, []).append(name)
+        return lines
 
     def line_of(self, name: str | None) -> Location | None:
         """The line that creates the cause (or applies it, for a point without a creating line)."""

@@ -49,4 +49,6 @@ def analysis(built, sample):
     from quantlens.core.torch_engine.pipeline import analyze_model
 
     model, sites = built
-    return analyze_model(model, lambda: sample.batches(), QuantSettings(), [MODELS], sites=sites)
+    return analyze_model(model, lambda: sample.batches(), QuantSettings(), [MODELS], sites=sites,
+                         simulation_batches=None,  # errors over every batch, as the references compute them
+                         sensitivity=True)

@@ -57,8 +57,9 @@ def test_user_metric_is_the_mean_over_batches_and_drives_degraded_layer(sample: 
     assert len({b.shape[0] for b in batches}) == 1  # equal batches: mean of batch means = overall mean
     for p in result.points:
         if p.cumulative is not None and p.cumulative.count:
-            assert p.custom["my_mse"] == pytest.approx(p.cumulative.mse, rel=1e-9, abs=1e-15), p.name
-    assert result.output.custom["my_mse"] == pytest.approx(result.output.error.mse, rel=1e-9)
+            # the metric sums in double, the simulation's dot products in float32
+            assert p.custom["my_mse"] == pytest.approx(p.cumulative.mse, rel=1e-6, abs=1e-15), p.name
+    assert result.output.custom["my_mse"] == pytest.approx(result.output.error.mse, rel=1e-6)
 
     worst = max((p for p in result.points if "my_mse" in p.custom), key=lambda p: p.custom["my_mse"])
     limit = worst.custom["my_mse"] * 0.999

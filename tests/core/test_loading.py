@@ -304,7 +304,7 @@ def test_sys_exit_in_forward_is_located_and_names_the_batch(tmp_path):
     model, sites = build_model(FuncRef(path, "build"), [tmp_path])
     batches = [torch.ones(2, 4), torch.full((2, 4), 20.0)]
     problem = _problem(calibrate_batches, model, batches, [tmp_path], sites)
-    assert problem.message == "Net.forward() on batch 1 called sys.exit(3)" and problem.code == "user-code"
+    assert problem.message == "Net.forward() on batch 1 of shape (2, 4) called sys.exit(3)" and problem.code == "user-code"
     assert problem.location == Location(str(path), _line(text, "@exit"))
 
 

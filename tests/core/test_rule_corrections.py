@@ -24,11 +24,11 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 HERE = Path(__file__).resolve().parent
 
 
-def _analyze(name: str) -> AnalysisResult:
+def _analyze(name: str, sensitivity: bool = False) -> AnalysisResult:
     from quantlens.core.config import load_config
     from quantlens.core.torch_engine.pipeline import analyze_project
 
-    return analyze_project(load_config(FIXTURES / name))
+    return analyze_project(load_config(FIXTURES / name), sensitivity=sensitivity)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def tagger() -> AnalysisResult:
 
 @pytest.fixture(scope="module")
 def frontend() -> AnalysisResult:
-    return _analyze("frontend_damage")
+    return _analyze("frontend_damage", sensitivity=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,8 @@ def test_discovery_follows_the_data_flow(tagger: AnalysisResult) -> None:
     """Producers, output reach and constant operands, against frame_tagger's forward as written."""
     cal = tagger.calibration
     assert {p.name: p.inputs for p in cal.points} == {
-        "mul_0": [],  # x * weighting: the model input and a buffer
+        "input": [],  # the model input, a point as in MCT
+        "mul_0": ["input"],  # x * weighting: the model input and a buffer
         "front.0": ["mul_0"],
         "front.2": ["front.0"],  # the BatchNorm after the ReLU: not folded
         "block.0": ["front.2"],

@@ -88,8 +88,25 @@ def test_z_threshold_is_named_with_what_it_costs(raw, point, cut):
     assert finding.message.startswith(
         f"z_threshold = 5 cuts {point}'s threshold from {full:g} to {cut:g} "
         f"(predicted SQNR {ev['exempted_sqnr_db']:.1f} -> {ev['predicted_sqnr_db']:.1f} dB)")
-    assert finding.recommendation.config == {f'overrides."{point}"': {"z_threshold": math.inf}}
+    assert finding.recommendation.config[f'overrides."{point}"'] == {"z_threshold": math.inf}
     assert ("[0, 1] by construction" in finding.message) == (point in HEADS)
+
+
+def test_the_exemptions_are_verified_together():
+    """Verified advice: the heads and the concat each carry part of the damage, so exempting
+    one leaves the output as bad (where that single change was re-simulated too), and every
+    finding recommends the joint exemption with its measured gain."""
+    findings = _damage(_diagnosed())
+    for point in ("body", *HEADS):
+        ev = findings[point].evidence
+        if "verified" in ev:
+            assert ev["verified"]["change"] == {f'overrides."{point}"': {"z_threshold": math.inf}}
+            assert ev["verified"]["gain_db"] < 1.0
+        joint = ev["verified_joint"]
+        assert joint["gain_db"] > 10.0 and set(joint["change"]) >= {f'overrides."{p}"' for p in HEADS}
+        assert findings[point].recommendation.config == joint["change"]
+        assert findings[point].severity.value == "warning"
+        assert findings[point].predicted.startswith("measured by re-simulation, together: output SQNR 2.")
 
 
 def _rules(result: AnalysisResult) -> set[tuple[str, str]]:
@@ -119,9 +136,7 @@ def test_the_recommended_override_exempts_the_point_and_keeps_the_setting_elsewh
     before = _damage(_diagnosed())
     entries = {}
     for point in HEADS:
-        ((key, entry),) = before[point].recommendation.config.items()
-        assert key == f'overrides."{point}"'
-        entries[point] = entry
+        entries[point] = before[point].recommendation.config[f'overrides."{point}"']
     after = _diagnosed(overrides=entries)
     acts = {p.name: p.activation for p in after.points}
     for point in HEADS:

@@ -48,8 +48,8 @@ def test_model_and_data_alone_give_the_documented_json(sample_run: dict) -> None
     names = [p["name"] for p in payload["points"]]
     assert len(names) == len(set(names)) > 10
     for p in payload["points"]:
-        assert p["kind"] in ("module", "function")
-        assert Path(p["source"]["file"]) == SAMPLE and p["source"]["line"] > 0
+        assert p["kind"] in ("input", "module", "function")
+        assert Path(p["source"]["file"]) == SAMPLE and p["source"]["line"] > 0  # the model and the data function (the input's line) live there
         act = p["activation"]
         for key in ("threshold", "signed", "n_bits", "error_method", "z_threshold", "min", "max", "mean", "std",
                     "method_thresholds"):
@@ -383,7 +383,7 @@ USER_FAULTS = [
     ("exit-in-data", "data.py", "data", "sys.exit(3)", ("data.py", "data"),
      "data function batches() called sys.exit(3)", ("data.py", "batches")),
     ("exit-in-forward", "model.py", "forward", "sys.exit(3)", ("model.py", "forward"),
-     "Net.forward() on batch 0 called sys.exit(3)", None),
+     "Net.forward() on batch 0 of shape (2, 4) called sys.exit(3)", ("data.py", "batches")),
     ("factory-needs-arguments", "model.py", "build", "def build(width, depth):", 2,
      "model factory build() needs arguments (width, depth); it must be callable with none", ("model.py", "build")),
     ("factory-returns-no-module", "model.py", "factory", "return [Net()]", 2,

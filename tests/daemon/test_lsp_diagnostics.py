@@ -142,23 +142,25 @@ def test_deit_inherited_layers_are_information_naming_the_cause(results: dict[st
                                                                               "weights_n_bits": 16}}
 
 
-def test_a_cause_on_the_same_line_leads_and_the_inherited_layer_names_where_damage_starts(
+def test_the_one_warning_is_the_verified_fix_and_unfelt_damage_is_information(
         results: dict[str, AnalysisResult]) -> None:
-    """blocks.2.norm1 is degraded only by what it inherits; its own line has a cause
-    (normalization-input-range), which leads the merged diagnostic as a warning."""
+    """deit_tiny: block 2 crashes at blocks.2.norm1 (normalization of fc2's massive outliers),
+    but the classification output keeps over 30 dB, and keeping norm1 (or any of block 2) wide
+    changes it by under 1 dB (re-simulated). So norm1's line is information that says what was
+    tried, and the one warning in the editor is on fc2, whose 16 bits gain most (measured)."""
     result = results["deit_tiny"]
     norm1 = result.point("blocks.2.norm1")
-    start = next(f for f in result.findings if f.rule == "first-divergence")
-    cause = result.point(start.points[0])
-    assert norm1.info.source is not None and cause.info.source is not None
-    assert cause.info.order < norm1.info.order
-    d = _at(_convert(result), norm1.info.source.file, norm1.info.source.line)
-    assert d.severity == types.DiagnosticSeverity.Warning and d.code == "normalization-input-range"
-    lines = d.message.splitlines()
-    assert lines[1].startswith(f"also degraded-layer: blocks.2.norm1 inherits its error from {cause.name} (")
-    related_lines = {r.location.range.start.line + 1 for r in d.related_information or []}
-    assert cause.info.source.line in related_lines
-    assert norm1.info.call_site is not None and norm1.info.call_site.line in related_lines
+    diagnostics = _convert(result)
+    d = _at(diagnostics, norm1.info.source.file, norm1.info.source.line)
+    assert d.severity == types.DiagnosticSeverity.Information
+    tried = [f for f in d.data["findings"] if "verified" in f["evidence"]]
+    assert tried and all(f["evidence"]["verified"]["gain_db"] < 1.0 for f in tried)
+    warnings = [x for ds in diagnostics.values() for x in ds if x.severity == types.DiagnosticSeverity.Warning]
+    fc2 = result.point("blocks.1.mlp.fc2")
+    assert [(x.code, x.range.start.line + 1) for x in warnings] == [("outliers-zscore", fc2.info.source.line)]
+    lead = warnings[0].data["findings"][0]
+    assert lead["evidence"]["verified"]["gain_db"] >= 1.0 and lead["evidence"]["best_fix"]
+    assert result.top_recommendation["change"] == lead["recommendation"]["config"]
 
 
 def test_aggregated_inherited_findings_name_their_cause(results: dict[str, AnalysisResult]) -> None:
@@ -181,7 +183,8 @@ def test_aggregated_inherited_findings_name_their_cause(results: dict[str, Analy
 
 def test_a_group_with_a_point_failing_alone_stays_a_warning(results: dict[str, AnalysisResult], tmp_path: Path) -> None:
     result = results["deit_tiny"]
-    base = next(f for f in result.findings if f.rule == "degraded-layer")
+    # a warning as it is when the output is degraded (deit's output is fine: there it is information)
+    base = dataclasses.replace(next(f for f in result.findings if f.rule == "degraded-layer"), severity=Severity.WARNING)
     model = tmp_path / "m.py"
     model.write_text("a = 1\nb = 2\n", encoding="utf-8")
     entries = [{"point": base.points[0], "message": "m"}, {"point": "blocks.2.attn.k", "message": "m",

@@ -63,7 +63,8 @@ def mobilenet(analyses) -> AnalysisResult:
 
 
 def model_file(result: AnalysisResult) -> str:
-    return result.points[0].info.source.file
+    """The model's file: the first layer's (the model input's point sits at the data function)."""
+    return next(p for p in result.points if p.info.kind != "input").info.source.file
 
 
 def shown_lines(result: AnalysisResult, path: str) -> dict[int, list[str]]:
@@ -105,7 +106,7 @@ def test_index_lists_points_on_their_source_and_call_site_lines(analysis):
     assert {line: [p.name for p in pts] for line, pts in got.items()} == dict(expected)
     for line, names in expected.items():
         assert [p.name for p in index.points_at(path, line)] == names
-    sources = {p.info.source.line for p in analysis.points}
+    sources = {p.info.source.line for p in analysis.points if p.info.source.file == path}
     assert set(index.sources_in(path)) == sources
     assert index.points_at(path, 1) == []
 
@@ -280,7 +281,8 @@ def test_inlay_hints_sit_at_line_ends_with_the_numbers(analysis):
     hints = inlay_hints(LineIndex(analysis), path, text, 0, len(text) - 1)
     sources: dict[int, list[PointResult]] = defaultdict(list)
     for p in sorted(analysis.points, key=lambda p: p.info.order):
-        sources[p.info.source.line].append(p)
+        if p.info.source.file == path:
+            sources[p.info.source.line].append(p)
     assert [h.position.line + 1 for h in hints] == sorted(sources)
     for hint in hints:
         points = sources[hint.position.line + 1]

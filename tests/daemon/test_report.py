@@ -42,7 +42,7 @@ def analysis() -> AnalysisResult:
     sample = load_sample()
     model, sites = build_model(FuncRef(MODELS / "sample_net.py", "build"), [MODELS])
     result = analyze_model(model, lambda: sample.batches(2), QuantSettings(), [MODELS], sites=sites,
-                           sensitive_k=(1,))
+                           sensitivity=True)
     probe = Finding("probe", Severity.INFO, ESCAPE_PROBE, points=(result.points[0].name,))
     result.findings = [*diagnose(result), probe]
     return result

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest_lsp
 from lsprotocol import types
+from pygls.protocol import default_converter
 from pygls.uris import from_fs_path
 from pytest_lsp import LanguageClient
-from pytest_lsp.client import make_test_lsp_client
+from pytest_lsp.client import DEFAULT_CLIENT_FEATURES, make_test_lsp_client, register_lsp_features
 
+from quantlens.core.config import load_config
+from quantlens.daemon.cache import Cache, project_inputs
 from tests.daemon.lsp_session import SERVER, copy_fixture, diagnostics, line_of, save, start, until
 
 
@@ -227,3 +230,46 @@ async def test_unbalanced_concat_points_at_both_branches(client: LanguageClient,
     cat = next(d for d in diagnostics(client, model) if d.code == "unbalanced-concat")
     related = {r.location.range.start.line for r in cat.related_information or []}
     assert {line_of(model, "# @branch_a"), line_of(model, "# @branch_b")} <= related  # the two branches' lines
+
+
+async def test_a_change_while_progress_is_created_drops_the_stale_plan(tmp_path: Path) -> None:
+    """The server awaits window/workDoneProgress/create before it starts a worker. A newer change
+    that arrives meanwhile must win: the stale plan neither runs nor lands in the cache under the
+    key of the inputs it was planned for (the worker would have read the newer files)."""
+    root = copy_fixture(tmp_path)
+    entered, release = asyncio.Event(), asyncio.Event()
+    release.set()
+
+    async def slow_create(client: LanguageClient, params: types.WorkDoneProgressCreateParams) -> None:
+        client.progress_reports.setdefault(params.token, [])
+        entered.set()
+        await release.wait()  # the client answers when the test says so
+
+    client = LanguageClient(converter_factory=default_converter)
+    register_lsp_features(client, {**DEFAULT_CLIENT_FEATURES, types.WINDOW_WORK_DONE_PROGRESS_CREATE: slow_create})
+    await client.start_io(*SERVER.server_command)
+    try:
+        recorder, model = await _first_diagnostics(client, root)
+        source = model.read_text()
+        before = len(recorder.status)
+        entered.clear()
+        release.clear()
+        save(client, model, source + "\n# first edit\n")
+        await asyncio.wait_for(entered.wait(), 30)  # the first edit's run waits for its progress token
+        stale_key = project_inputs(load_config(root)).key
+        logs = len(client.log_messages)
+        save(client, model, source + "\n# second edit\n")
+        await until(lambda: any("re-diagnosed" in m.message for m in client.log_messages[logs:]), 30,
+                    "the second edit's re-diagnosis (its schedule follows at once)")
+        fresh_key = project_inputs(load_config(root)).key
+        release.set()
+        await until(lambda: recorder.status[-1]["state"] == "up to date", 120, "the second edit's run")
+        await asyncio.sleep(1.0)
+        starts = [s for s in recorder.status[before:] if s["state"] == "analysing" and s["message"] == "starting"]
+        assert len(starts) == 1, recorder.status[before:]
+        assert stale_key != fresh_key
+        assert Cache(root).load(stale_key) is None
+        assert Cache(root).load(fresh_key) is not None
+    finally:
+        await client.shutdown_session()
+        await client.stop()

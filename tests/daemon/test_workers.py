@@ -3,6 +3,7 @@ and the pool keeps working after it. Real processes on a private fixture copy.""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,22 @@ def _factory_line(model: Path, code: str) -> int:
 @pytest.fixture()
 def root(tmp_path: Path) -> Path:
     return copy_fixture(tmp_path)
+
+
+def _workers_of_this_process() -> set[int]:
+    """Live worker processes this test process started (children running quantlens.daemon.worker)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(ppid) == os.getpid() and state != "Z" and b"quantlens.daemon.worker" in cmdline:
+            found.add(int(entry.name))
+    return found
 
 
 def test_memory_limit_is_a_problem_not_a_crash(root: Path) -> None:
@@ -97,14 +114,55 @@ def test_cancel_stops_the_run_and_the_spare_takes_the_next(root: Path) -> None:
         deadline = time.monotonic() + 120
         while not any(p[0] == "calibrate" for p in progress) and time.monotonic() < deadline:
             time.sleep(0.05)
-        spare = pool.spare_pid
+        assert pool.spare_pid is None  # the replacement starts when the run ends
         pool.cancel()
         thread.join(30)
         assert outcome_box and outcome_box[0].cancelled and not outcome_box[0].problems
+        spare = pool.spare_pid
+        assert spare is not None  # started by the cancelled run's end
         model.write_text(original)
         start = time.monotonic()
-        again = pool.run(_request(root), None, None)
-        assert again.ok and spare is not None
+        ran_in: set[int | None] = set()
+        again = pool.run(_request(root), lambda *a: ran_in.add(pool.current_pid), None)
+        assert again.ok and ran_in == {spare}
         assert time.monotonic() - start < 120
+    finally:
+        pool.close()
+
+
+def test_the_spare_starts_when_a_run_ends_never_during_it(root: Path) -> None:
+    """A run never shares the CPU with a spare's torch import; success and failure both leave
+    exactly one spare waiting."""
+    others = _workers_of_this_process()
+    pool = WorkerPool()
+    try:
+        first = pool.spare_pid
+        during: list[tuple[int | None, set[int]]] = []
+        outcome = pool.run(_request(root), lambda *a: during.append((pool.spare_pid, _workers_of_this_process())),
+                           None)
+        assert outcome.ok, outcome.problems
+        assert during and all(spare is None and workers - others == {first} for spare, workers in during)
+        second = pool.spare_pid
+        assert second not in (None, first) and pool.current_pid is None
+        assert _workers_of_this_process() - others == {second}
+        _factory_line(root / "model.py", "raise ValueError('broken on purpose')")
+        failed = pool.run(_request(root), None, None)
+        assert not failed.ok and "broken on purpose" in failed.problems[0].message
+        assert pool.spare_pid not in (None, second)
+        assert _workers_of_this_process() - others == {pool.spare_pid}
+    finally:
+        pool.close()
+    assert _workers_of_this_process() - others == set()
+
+
+def test_a_run_no_longer_wanted_starts_no_worker_and_keeps_the_spare(root: Path) -> None:
+    """The last check before a worker starts: a newer change came in meanwhile."""
+    others = _workers_of_this_process()
+    pool = WorkerPool()
+    try:
+        spare = pool.spare_pid
+        outcome = pool.run(_request(root), None, None, wanted=lambda: False)
+        assert outcome.cancelled and not outcome.ok and not outcome.problems
+        assert pool.spare_pid == spare and _workers_of_this_process() - others == {spare}
     finally:
         pool.close()

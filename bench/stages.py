@@ -1,0 +1,135 @@
+"""The default full analysis, stage by stage, as ratios to a plain float forward.
+
+For each fixture, interleaved rounds run (a) a plain float forward over the calibration
+batches and (b) the whole analysis ``quantlens check`` runs in its worker (calibration,
+thresholds, the simulation on ``num_simulation_batches``, the diagnosis that picks the
+changes to verify, their verification), in this process, on the same batches. Each stage's
+time (the engine's own timings) and the total are divided by the forward's time of the same
+round; the median over rounds is reported. The final diagnosis (numpy, in the CLI or the
+language server) is reported in milliseconds beside.
+
+    .venv/bin/python bench/stages.py [--rounds 5] [--fixtures ...] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantlens.core.config import load_config
+from quantlens.core.rediagnose import rediagnose
+from quantlens.core.torch_engine.loading import build_model, iterate_batches
+from quantlens.core.torch_engine.pipeline import measure_project
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ["audio_cnn", "mobilenet_like", "deit_tiny", "frame_tagger", "logits_softmax", "two_branch_concat",
+            "activations_zoo", "clean_mlp"]
+STAGES = ("calibrate", "thresholds", "simulate", "choose", "verify")
+HEADING = "## Full analysis by stage"
+
+
+def bench(name: str, rounds: int) -> dict[str, Any]:
+    config = load_config(ROOT / "fixtures" / name)
+    model, _ = build_model(config.model, config.roots, config.weights)
+    model.eval()
+    batches = list(iterate_batches(config.data, config.roots, torch.device("cpu"), config.num_calibration_batches))
+
+    def forward() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for b in batches:
+                model(*b.args, **b.kwargs)
+        return time.perf_counter() - start
+
+    def analysis() -> tuple[float, dict[str, float], float, int]:
+        start = time.perf_counter()
+        calibration, measurements, timings = measure_project(config)
+        wall = time.perf_counter() - start - timings.get("load", 0.0)
+        start = time.perf_counter()
+        rediagnose(calibration, config, measurements)
+        return wall, timings, time.perf_counter() - start, len(measurements.verified)
+
+    forward()
+    analysis()  # warm-up: imports, the first conv's kernel selection
+    ratios: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+    forwards, diagnoses = [], []
+    verified = 0
+    for _ in range(rounds):
+        base = forward()
+        wall, timings, diagnose, verified = analysis()
+        forwards.append(base)
+        diagnoses.append(diagnose)
+        for stage in STAGES:
+            ratios[stage].append(timings.get(stage, 0.0) / base)
+        ratios["total"].append(wall / base)
+    return {"fixture": name, "batches": len(batches), "simulated": config.num_simulation_batches or len(batches),
+            "verified": verified, "forward_ms": 1000 * statistics.median(forwards),
+            "diagnose_ms": 1000 * statistics.median(diagnoses),
+            "ratios": {k: statistics.median(v) for k, v in ratios.items()}}
+
+
+def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
+    lines = [
+        HEADING, "",
+        f"Produced by `{command}`. The whole default analysis (what `quantlens check` runs in its worker, "
+        "model loading excluded) against a plain float forward over the same calibration batches, in "
+        f"interleaved rounds in one process (median over {rounds} rounds of each round's ratio). *choose* is "
+        "the diagnosis of the first simulation that picks the changes to verify (numpy); *total* is the wall "
+        "time of the run, so it also holds what no stage times (the validation pass, moving results). The "
+        "final diagnosis runs in the CLI or the language server (numpy) and is given in milliseconds. "
+        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads).",
+        "",
+        "| fixture | batches (simulated) | changes verified | plain forward | calibrate | thresholds | simulate "
+        "| choose | verify | **total** | final diagnosis |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row["ratios"]
+        lines.append(
+            f"| {row['fixture']} | {row['batches']} ({row['simulated']}) | {row['verified']} | "
+            f"{row['forward_ms']:.1f} ms | {r['calibrate']:.2f}x | {r['thresholds']:.2f}x | {r['simulate']:.2f}x | "
+            f"{r['choose']:.2f}x | {r['verify']:.2f}x | **{r['total']:.2f}x** | {row['diagnose_ms']:.0f} ms |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with this bench's section replaced (appended when absent); the rest kept."""
+    found = re.search(rf"^{re.escape(HEADING)}$", text, re.M)
+    if found is None:
+        return text.rstrip("\n") + "\n\n" + section
+    following = re.search(r"^## ", text[found.end():], re.M)
+    end = found.end() + following.start() if following else len(text)
+    return text[:found.start()] + section + ("\n" + text[end:] if following else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--fixtures", nargs="*", default=FIXTURES)
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for name in args.fixtures:
+        row = bench(name, args.rounds)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.write:
+        command = " ".join([".venv/bin/python bench/stages.py", *sys.argv[1:]])
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        args.write.write_text(replace_section(old, render(rows, args.rounds, command)), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Verified advice: which recommended changes to re-simulate, and what their measurements say.
+
+A recommendation predicted from statistics can be wrong about the model output: clipping an
+exponential tail may cost more downstream than it gains at the layer, and a softmax shows
+the error its logits carry. So the worker re-simulates the recommended changes (and the
+likeliest upstream causes) with the change applied, and the findings then quote the
+measured effect on the model output:
+
+* a change that gains at least ``min_fix_gain_db`` is recommended with its measured gain;
+* one that gains less is withdrawn: the finding says what was tried and drops to info;
+* a change the config already holds is never recommended again;
+* the best measured change is the top recommendation; when no finding recommended it (a
+  cause upstream of every symptom), a ``best-fix`` finding names it at its own line.
+
+Everything here is torch-free (the language server runs it): candidates come from a
+diagnosis, the measurements from :func:`quantlens.core.torch_engine.pipeline.measure`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from quantlens.core.changes import Change, already_applied, apply_change, change_key, describe, override_name
+from quantlens.core.diagnosis import NOT_A_CAUSE
+from quantlens.core.diagnosis.rules_error import keep_wide
+from quantlens.core.diagnosis.settings import DiagnosisSettings
+from quantlens.core.findings import Finding, Recommendation, Severity
+from quantlens.core.measurements import Verification
+from quantlens.core.metrics import ErrorSums
+from quantlens.core.result import AnalysisResult
+from quantlens.core.settings import QuantSettings
+
+UPSTREAM_CANDIDATES = 3
+"""Points ranked by the cumulative-error jump they cause that are confirmed by re-simulation."""
+JOINT_RULE = "setting-damage"
+SYMPTOM_RULES = frozenset({"degraded-layer", "output-degraded", "global-degradation", "first-divergence",
+                           "degraded-unexplained"})
+"""Findings that say the output or a point is degraded: then upstream causes are searched."""
+
+
+def candidates(result: AnalysisResult, findings: list[Finding], diagnosis: DiagnosisSettings) -> list[Change]:
+    """The changes worth a re-simulation, most important first, at most
+    ``max_verified_changes``: a setting's joint exemption, the fixes of error and warning
+    findings that name a cause, the likeliest upstream causes when something is degraded,
+    the fixes of findings that only say where (degraded-layer), then those of info findings."""
+    settings = result.settings
+    infos = [p.info for p in result.points]
+    chosen: dict[str, Change] = {}
+
+    def add(changes: Iterable[Change]) -> None:
+        for change in changes:
+            if (len(chosen) < diagnosis.max_verified_changes and apply_change(settings, change) is not None
+                    and not already_applied(settings, change, infos)):
+                chosen.setdefault(change_key(change), change)
+
+    fixes = [(f.rule, f.severity, f.recommendation.config) for f in findings
+             if f.recommendation and f.recommendation.config]
+    joint = joint_changes(findings)
+    covered = [c for _, _, c in fixes if any(_contains(j, c) for j in joint)]
+    loud = [(rule, c) for rule, s, c in fixes if s is not Severity.INFO and c not in covered]
+    add(joint)
+    add(c for rule, c in loud if rule not in NOT_A_CAUSE)  # the fixes of findings that name a cause
+    if any(f.rule in SYMPTOM_RULES for f in findings) or _output_degraded(result, diagnosis):
+        add(keep_wide([name]) for name, _ in upstream_ranking(result)[:UPSTREAM_CANDIDATES])
+    add(c for rule, c in loud if rule in NOT_A_CAUSE)  # "keep it wide to test it", where it shows
+    add(covered)
+    add(c for _, s, c in fixes if s is Severity.INFO)
+    return list(chosen.values())
+
+
+def joint_changes(findings: list[Finding]) -> list[Change]:
+    """The exemptions from a setting that damages several points, all at once.
+
+    Points that each carry part of a setting's damage (two heads a z_threshold cuts, and the
+    concat that joins them) are each no help alone, since the others' error still dominates
+    the output; exempted together they are. Only ``setting-damage`` is joined: the union of
+    other rules' overrides ("keep all these at 16 bits") would be a wider model, not a fix."""
+    joint: Change = {}
+    count = 0
+    for f in findings:
+        config = f.recommendation.config if f.recommendation else {}
+        if f.rule == JOINT_RULE and config and all(override_name(k) is not None for k in config):
+            joint.update(config)
+            count += 1
+    return [joint] if count > 1 and len(joint) > 1 else []
+
+
+def upstream_ranking(result: AnalysisResult) -> list[tuple[str, float]]:
+    """Points on the path to the output, ranked by how much of the measured error they cause.
+
+    Each point's jump in cumulative noise-to-signal ratio over the point it reads is split:
+    what its own quantization explains (its isolated ratio) is its own, the rest is error it
+    received and amplified (a softmax or a normalisation of noisy logits), credited to the
+    points it reads. Side branches that do not feed the output are never candidates. A cheap
+    ranking from one simulation; re-simulation decides.
+    """
+    by_name = {p.name: p for p in result.points}
+    eligible = {p.name for p in result.points if p.activation.quantize and p.info.feeds_output}
+    score: dict[str, float] = defaultdict(float)
+    for p in result.points:
+        if p.name not in eligible or p.cumulative is None:
+            continue
+        producers = [by_name[n] for n in p.info.inputs if n in by_name and by_name[n].cumulative is not None]
+        before = max((_nsr(q.cumulative) for q in producers), default=0.0)
+        jump = max(_nsr(p.cumulative) - before, 0.0)
+        own = min(_nsr(p.isolated), jump) if p.isolated is not None else jump
+        score[p.name] += own
+        receivers = [q.name for q in producers if q.name in eligible]
+        for name in receivers:
+            score[name] += jump - own
+    return sorted(((n, s) for n, s in score.items() if s > 0), key=lambda item: -item[1])
+
+
+def apply_verified(findings: list[Finding], result: AnalysisResult, verified: list[Verification],
+                   diagnosis: DiagnosisSettings, config_location: Any = None) -> tuple[list[Finding], dict | None]:
+    """The findings with their recommendations judged by measurement, and the top
+    recommendation (None when no measured change helps). ``verified`` must have been
+    measured under ``result.settings``; pass [] when it was not (only the already-applied
+    filter then runs)."""
+    settings = result.settings
+    infos = [p.info for p in result.points]
+    base = result.output.error
+    measured = {change_key(v.change): v for v in verified}
+    out = []
+    for f in findings:
+        rec = f.recommendation
+        if rec is None or not rec.config:
+            out.append(f)
+        elif already_applied(settings, rec.config, infos):
+            out.append(_applied(f))
+        else:
+            own = measured.get(change_key(rec.config))
+            joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
+            out.append(_judged(f, own, joint, base, diagnosis) if own is not None or joint else f)
+    if base.count and not _output_degraded(result, diagnosis) and not result.estimated:
+        out = [_unfelt(f, base) for f in out]
+    best = max((v for v in verified if _gain(v, base) >= diagnosis.min_fix_gain_db),
+               key=lambda v: _gain(v, base), default=None)
+    if best is None:
+        return out, None
+    key = change_key(best.change)
+    top = {"change": best.change, "description": describe(best.change), "output_sqnr_db": base.sqnr_db,
+           "verified_sqnr_db": best.error.sqnr_db, "gain_db": _gain(best, base),
+           "top1_agreement": best.top1_agreement, "tried": len(verified)}
+    degraded = _output_degraded(result, diagnosis)
+    for i, f in enumerate(out):
+        if f.recommendation and change_key(f.recommendation.config) == key:
+            severity = Severity.WARNING if degraded and f.severity is Severity.INFO else f.severity
+            out[i] = dataclasses.replace(f, severity=severity, evidence={**f.evidence, "best_fix": True})
+            top["rule"] = f.rule
+            return out, top
+    finding = _best_fix(result, best, base, degraded, len(verified), config_location)
+    top["rule"] = finding.rule
+    return [*out, finding], top
+
+
+def _judged(f: Finding, own: Verification | None, joint: list[Verification], base: ErrorSums,
+            diagnosis: DiagnosisSettings) -> Finding:
+    """``f`` with its fix judged by its own verification, or when that alone does not help
+    (or was not re-simulated), by the best ``joint`` change that includes it."""
+    rec = f.recommendation
+    assert rec is not None
+    evidence = dict(f.evidence)
+    alone = ""
+    if own is not None:
+        gain = _gain(own, base)
+        evidence["verified"] = _evidence(own, base)
+        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_top1(own)}"
+        if gain >= diagnosis.min_fix_gain_db:
+            return dataclasses.replace(f, evidence=evidence, predicted=f"measured by re-simulation: {effect}")
+        alone = f" Alone this gains {gain:+.1f} dB at the output;"
+    helpful = [j for j in joint if _gain(j, base) >= diagnosis.min_fix_gain_db]
+    if helpful:
+        best = max(helpful, key=lambda j: _gain(j, base))
+        together = Recommendation(
+            f"{rec.explanation}{alone} applied together with the same fix at the other points "
+            f"({describe(best.change)}) it gains {_gain(best, base):+.1f} dB.",
+            config=best.change, mct=rec.mct)
+        return dataclasses.replace(
+            f, evidence={**evidence, "verified_joint": _evidence(best, base)}, recommendation=together,
+            predicted=(f"measured by re-simulation, together: output SQNR {base.sqnr_db:.1f} -> "
+                       f"{best.error.sqnr_db:.1f} dB{_top1(best)}"))
+    if own is None:
+        return f
+    tried = Recommendation(
+        f"Tried {describe(rec.config)}: {effect} ({gain:+.1f} dB), under the {diagnosis.min_fix_gain_db:g} dB a fix "
+        "must gain, so it is not recommended; the cause of the output's error is elsewhere (see the top "
+        "recommendation).",
+    )
+    severity = Severity.INFO if f.severity is Severity.WARNING else f.severity
+    return dataclasses.replace(f, severity=severity, evidence=evidence, recommendation=tried,
+                               predicted=f"measured by re-simulation: {effect}: does not help")
+
+
+def _unfelt(f: Finding, base: ErrorSums) -> Finding:
+    """A degraded layer whose damage the model output does not feel (the output keeps at least
+    ``sensitivity_output_sqnr_db``) is information, not a warning: nothing downstream needs it fixed."""
+    if f.rule != "degraded-layer" or f.severity is not Severity.WARNING:
+        return f
+    return dataclasses.replace(f, severity=Severity.INFO,
+                               evidence={**f.evidence, "output_sqnr_db": base.sqnr_db, "output_unaffected": True})
+
+
+def _contains(change: Change, part: Change) -> bool:
+    return all(key in change and change[key] == value for key, value in part.items())
+
+
+def _applied(f: Finding) -> Finding:
+    """The config already holds the fix: recommending it again would send the user in a loop."""
+    return dataclasses.replace(f, recommendation=None, evidence={**f.evidence, "fix_applied": True},
+                               severity=Severity.INFO if f.severity is Severity.WARNING else f.severity)
+
+
+def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degraded: bool, tried: int,
+              config_location: Any) -> Finding:
+    names = [n for n in (override_name(k) for k in best.change) if n is not None]
+    points = [p for p in result.points if p.name in names]
+    locations = tuple(loc for p in points for loc in (p.info.source, p.info.call_site) if loc is not None)
+    if not locations and config_location is not None:
+        locations = (config_location,)
+    return Finding(
+        rule="best-fix",
+        severity=Severity.WARNING if degraded else Severity.INFO,
+        message=(f"{describe(best.change)} raises the output SQNR from {base.sqnr_db:.1f} to "
+                 f"{best.error.sqnr_db:.1f} dB, the most of {tried} changes re-simulated"),
+        points=tuple(p.name for p in points),
+        locations=tuple(dict.fromkeys(locations)),
+        evidence={"verified": _evidence(best, base), "tried": tried},
+        recommendation=Recommendation(
+            "The error that shows downstream starts here: a softmax, sigmoid or normalisation amplifies "
+            "the quantization error of what it reads, so keeping this point wide pays more than widening "
+            "the point where the error becomes visible.",
+            config=best.change,
+        ),
+        predicted=f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB{_top1(best)}",
+    )
+
+
+def _evidence(v: Verification, base: ErrorSums) -> dict[str, Any]:
+    return {"change": v.change, "output_sqnr_db": base.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
+            "gain_db": _gain(v, base), "top1_agreement": v.top1_agreement, "custom": v.custom}
+
+
+def _top1(v: Verification) -> str:
+    return f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
+
+
+def _gain(v: Verification, base: ErrorSums) -> float:
+    return v.error.sqnr_db - base.sqnr_db
+
+
+def _output_degraded(result: AnalysisResult, diagnosis: DiagnosisSettings) -> bool:
+    out = result.output.error
+    return bool(out.count) and out.sqnr_db < diagnosis.sensitivity_output_sqnr_db
+
+
+def _nsr(sums: ErrorSums | None) -> float:
+    return sums.sum_ee / sums.sum_xx if sums is not None and sums.sum_xx > 0 else 0.0
+
+
+def settings_for(settings: QuantSettings, changes: list[Change]) -> list[QuantSettings]:
+    """The settings each change gives (every change here is one :func:`candidates` chose)."""
+    out = []
+    for change in changes:
+        applied = apply_change(settings, change)
+        assert applied is not None, change
+        out.append(applied)
+    return out
+
