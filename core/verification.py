@@ -134,7 +134,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
         else:
             own = measured.get(change_key(rec.config))
             joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
-            out.append(_judged(f, own, joint, base, diagnosis) if own is not None or joint else f)
+            out.append(_judged(f, own, joint, base, diagnosis, result.output.custom) if own is not None or joint else f)
     if base.count and not _output_degraded(result, diagnosis) and not result.estimated:
         out = [_unfelt(f, base) for f in out]
     best = max((v for v in verified if _gain(v, base) >= diagnosis.min_fix_gain_db),
@@ -158,7 +158,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
 
 
 def _judged(f: Finding, own: Verification | None, joint: list[Verification], base: ErrorSums,
-            diagnosis: DiagnosisSettings) -> Finding:
+            diagnosis: DiagnosisSettings, custom: dict[str, float]) -> Finding:
     """``f`` with its fix judged by its own verification, or when that alone does not help
     (or was not re-simulated), by the best ``joint`` change that includes it."""
     rec = f.recommendation
@@ -168,7 +168,7 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], bas
     if own is not None:
         gain = _gain(own, base)
         evidence["verified"] = _evidence(own, base)
-        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_top1(own)}"
+        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_extras(own, custom)}"
         if gain >= diagnosis.min_fix_gain_db:
             return dataclasses.replace(f, evidence=evidence, predicted=f"measured by re-simulation: {effect}")
         alone = f" Alone this gains {gain:+.1f} dB at the output;"
@@ -182,7 +182,7 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], bas
         return dataclasses.replace(
             f, evidence={**evidence, "verified_joint": _evidence(best, base)}, recommendation=together,
             predicted=(f"measured by re-simulation, together: output SQNR {base.sqnr_db:.1f} -> "
-                       f"{best.error.sqnr_db:.1f} dB{_top1(best)}"))
+                       f"{best.error.sqnr_db:.1f} dB{_extras(best, custom)}"))
     if own is None:
         return f
     tried = Recommendation(
@@ -235,7 +235,8 @@ def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degra
             "the point where the error becomes visible.",
             config=best.change,
         ),
-        predicted=f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB{_top1(best)}",
+        predicted=(f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB"
+                   f"{_extras(best, result.output.custom)}"),
     )
 
 
@@ -244,8 +245,13 @@ def _evidence(v: Verification, base: ErrorSums) -> dict[str, Any]:
             "gain_db": _gain(v, base), "top1_agreement": v.top1_agreement, "custom": v.custom}
 
 
-def _top1(v: Verification) -> str:
-    return f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
+def _extras(v: Verification, custom: dict[str, float] | None = None) -> str:
+    """The rest of the measured effect: top-1 agreement, and the user's metrics (before -> after)."""
+    text = f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
+    for name, value in v.custom.items():
+        before = (custom or {}).get(name)
+        text += f", {name} {before:.4g} -> {value:.4g}" if before is not None else f", {name} {value:.4g}"
+    return text
 
 
 def _gain(v: Verification, base: ErrorSums) -> float:

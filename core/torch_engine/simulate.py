@@ -58,26 +58,40 @@ class SimulationResult:
 
 
 def fake_quant(y: torch.Tensor, q: ActivationQuant) -> torch.Tensor:
-    """MCT's uniform quantizer (see quantlens.core.quantizer), with the shift-negative offset."""
+    """MCT's uniform quantizer (see quantlens.core.quantizer), with the shift-negative offset.
+
+    One new tensor, the rest in place: on large activations the simulation is bound by
+    memory traffic, and every temporary is another pass over it."""
     levels = 2.0 ** (q.n_bits - 1) if q.signed else 2.0**q.n_bits
     step = q.threshold / levels
     low = -levels if q.signed else 0.0
     if q.shift:
-        return torch.clamp(torch.round((y + q.shift) / step), low, levels - 1) * step - q.shift
-    return torch.clamp(torch.round(y / step), low, levels - 1) * step
+        out = torch.add(y, q.shift).div_(step).round_().clamp_(low, levels - 1).mul_(step)
+        return out.sub_(q.shift)
+    return torch.div(y, step).round_().clamp_(low, levels - 1).mul_(step)
 
 
-def _sums(x: torch.Tensor, q: torch.Tensor) -> ErrorSums:
-    """The error sums of one tensor pair, as four dot products in the tensors' own precision
-    (float32 unless double: the error is formed before squaring, so no cancellation; a
-    batch's sums are then added up in Python floats). Converting to double first cost the
-    simulation a third of its time on mobilenet_like (BENCHMARKS.md)."""
+def _energy(x: torch.Tensor) -> float:
+    """sum(x * x), in the tensor's own precision (float32 unless double)."""
+    flat = x.detach().reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return float(torch.dot(flat, flat))
+
+
+def _sums(x: torch.Tensor, q: torch.Tensor, sum_xx: float | None = None) -> ErrorSums:
+    """The error sums of one tensor pair from three dot products in the tensors' own precision
+    (float32 unless double), the energy of ``x`` passed in when known (the float output is
+    compared twice: isolated and cumulative). The error is formed before squaring, so it
+    suffers no cancellation; x.q follows from |x|^2 + |q|^2 - |x - q|^2 = 2 x.q, whose
+    rounding (1e-7 of |x|^2) is far below anything a cosine shows. On the large activations
+    of audio_cnn the dot products were a quarter of the simulation (BENCHMARKS.md)."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.detach().reshape(-1).to(dtype)
-    q = q.detach().reshape(-1).to(dtype)
-    e = x - q
-    return ErrorSums(float(x.numel()), float(torch.dot(x, x)), float(torch.dot(q, q)), float(torch.dot(x, q)),
-                     float(torch.dot(e, e)))
+    xf = x.detach().reshape(-1).to(dtype)
+    qf = q.detach().reshape(-1).to(dtype)
+    e = xf - qf
+    xx = float(torch.dot(xf, xf)) if sum_xx is None else sum_xx
+    qq = float(torch.dot(qf, qf))
+    ee = float(torch.dot(e, e))
+    return ErrorSums(float(xf.numel()), xx, qq, 0.5 * (xx + qq - ee), ee)
 
 
 class _Plan:
@@ -109,6 +123,8 @@ class _FloatPass:
         self.plan = plan
         self.isolated = isolated
         self.outputs: dict[str, torch.Tensor] = {}
+        self.energy: dict[str, float] = {}
+        """sum(x * x) of each point's float output, for both comparisons with it."""
         self.inputs: dict[str, torch.Tensor] = {}
 
     def model_input(self, batch: Batch) -> None:
@@ -141,6 +157,7 @@ class _FloatPass:
         if y is None or not y.is_floating_point():
             return
         self.outputs[point] = y.detach().clone()
+        self.energy[point] = _energy(y)
         if not self.plan.quantized(point):
             return
         info = self.plan.points[point]
@@ -152,14 +169,16 @@ class _FloatPass:
             if info.activation is not None:
                 y_iso = activation(y_iso)
         q = fake_quant(y_iso, self.plan.acts[point])
-        self.isolated[point] = self.isolated.get(point, ErrorSums()) + _sums(y, q)
+        self.isolated[point] = self.isolated.get(point, ErrorSums()) + _sums(y, q, self.energy[point])
 
 
 class _QuantPass:
     def __init__(self, plan: _Plan, floats: dict[str, torch.Tensor], cumulative: dict[str, ErrorSums],
-                 metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]]):
+                 metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]],
+                 energy: dict[str, float] | None = None):
         self.plan = plan
         self.floats = floats
+        self.energy = energy or {}
         self.cumulative = cumulative
         self.metrics = metrics
         self.custom = custom
@@ -196,7 +215,7 @@ class _QuantPass:
         q = fake_quant(y, self.plan.acts[point]) if self.plan.quantized(point) else y
         ref = self.floats.get(point)
         if ref is not None and ref.shape == q.shape:
-            self.cumulative[point] = self.cumulative.get(point, ErrorSums()) + _sums(ref, q)
+            self.cumulative[point] = self.cumulative.get(point, ErrorSums()) + _sums(ref, q, self.energy.get(point))
             for metric_name, fn in self.metrics.items():
                 self.custom.setdefault(point, {}).setdefault(metric_name, []).append(float(fn(ref, q)))
         return replace_first(output, q)
@@ -309,7 +328,8 @@ def simulate(
             float_pass.model_input(batch)
             with Instrumentation(model, float_pass, watched=plan.watched):
                 out_f = first_tensor(run_forward(model, batch, roots))
-            out_q = _quantized_forward(model, plan, batch, roots, float_pass.outputs, cumulative, metrics, custom_lists)
+            out_q = _quantized_forward(model, plan, batch, roots, float_pass.outputs, cumulative, metrics, custom_lists,
+                                       float_pass.energy)
             output.add(out_f, out_q)
             if kept is not None and out_f is not None:
                 kept_bytes += out_f.numel() * out_f.element_size()
@@ -398,10 +418,11 @@ class _OutputAccumulator:
 
 def _quantized_forward(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path],
                        floats: dict[str, torch.Tensor], cumulative: dict[str, ErrorSums],
-                       metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]]) -> torch.Tensor | None:
+                       metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]],
+                       energy: dict[str, float] | None = None) -> torch.Tensor | None:
     """One quantized forward of ``batch``: quantized weights, folded BatchNorms, every point's
-    output fake-quantized; cumulative errors against ``floats`` where given."""
-    quant_pass = _QuantPass(plan, floats, cumulative, metrics, custom)
+    output fake-quantized; cumulative errors against ``floats`` (with their ``energy``) where given."""
+    quant_pass = _QuantPass(plan, floats, cumulative, metrics, custom, energy)
     batch = quant_pass.model_input(batch)
     with quantized_weights(model, list(plan.points.values()), plan.weights), \
             Instrumentation(model, quant_pass, watched=plan.watched):

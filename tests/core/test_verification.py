@@ -170,3 +170,12 @@ def test_a_fix_the_config_already_holds_is_not_recommended_again() -> None:
                                DiagnosisSettings())
     assert f.recommendation is None and f.evidence["fix_applied"] and f.severity is Severity.INFO
     assert top is None
+
+
+def test_the_measured_effect_quotes_the_users_metric_before_and_after() -> None:
+    result = _softmax_chain()
+    result.output.custom["my_mse"] = 0.25
+    v = Verification({"z_threshold": 9}, _sums(20.0), top1_agreement=None, custom={"my_mse": 0.0625})
+    (f,), _ = apply_verified([_finding("outliers-zscore", "body", {"z_threshold": 9})], result, [v],
+                             DiagnosisSettings())
+    assert f.predicted == "measured by re-simulation: output SQNR 13.0 -> 20.0 dB, my_mse 0.25 -> 0.0625"

@@ -1,0 +1,73 @@
+"""Verified advice end to end on fixtures: what the re-simulation of a recommended change
+measured is what applying it gives, and applying it never brings it back.
+
+The independent answer for a verification is a fresh run with the change written into the
+config: the same batches, new thresholds and weights, a full simulation of its own. The two
+paths share no state (the verification reuses the first run's float outputs and weights for
+the points the change leaves alone), so they agree only if both are right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from quantlens.core.changes import apply_change, change_key
+from quantlens.core.findings import Severity
+from quantlens.core.rediagnose import rediagnose
+from quantlens.core.result import AnalysisResult
+from tests.analyses import fixture_analysis, measured
+
+LOOPS = ("probability_heads", "relu_tail", "mobilenet_like")
+"""Fixtures whose top recommendation is applied and rerun (a run each)."""
+
+
+def _applied(name: str, change: dict) -> AnalysisResult:
+    from quantlens.core.torch_engine.pipeline import measure_project
+
+    config, calibration, _ = measured(name)
+    settings = apply_change(config.settings, change)
+    assert settings is not None
+    changed = dataclasses.replace(config, settings=settings)
+    calibration, measurements, _ = measure_project(changed, calibration=calibration)
+    return rediagnose(calibration, changed, measurements)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_applying_the_top_recommendation_gives_what_was_measured_and_never_brings_it_back(name: str) -> None:
+    before = fixture_analysis(name)
+    top = before.top_recommendation
+    assert top is not None and top["gain_db"] >= 1.0
+    after = _applied(name, top["change"])
+    assert after.output.error.sqnr_db == pytest.approx(top["verified_sqnr_db"], abs=1e-6)
+    key = change_key(top["change"])
+    assert not [f.rule for f in after.findings if f.recommendation and change_key(f.recommendation.config) == key]
+    assert after.top_recommendation is None or change_key(after.top_recommendation["change"]) != key
+
+
+def test_the_logits_a_softmax_amplifies_are_the_top_recommendation() -> None:
+    """probability_heads: a confident 527-class softmax over logits (``tagger``, isolated SQNR
+    36 dB). The error shows at the softmax, where first-divergence points; keeping the softmax
+    wide does not help (measured), keeping its logits wide does, and best-fix says so."""
+    result = fixture_analysis("probability_heads")
+    top = result.top_recommendation
+    assert top is not None and top["change"] == {'overrides."tagger"': {"activation_n_bits": 16, "weights_n_bits": 16}}
+    assert top["rule"] == "best-fix" and top["gain_db"] >= 10.0
+    assert result.point("tagger").isolated.sqnr_db > 30  # the logits' own error is fine: ranking by it misses them
+    (best,) = [f for f in result.findings if f.rule == "best-fix"]
+    assert best.severity is Severity.WARNING and best.points == ("tagger",)
+    assert best.message.startswith(f"tagger at 16 bits raises the output SQNR from {top['output_sqnr_db']:.1f} to "
+                                   f"{top['verified_sqnr_db']:.1f} dB")
+    (divergence,) = [f for f in result.findings if f.rule == "first-divergence"]
+    assert divergence.points == ("softmax_0",) and divergence.severity is Severity.INFO
+    assert divergence.evidence["verified"]["gain_db"] < 1.0 and not divergence.recommendation.config
+
+
+def test_a_smooth_relu_tail_gets_no_warning_recommending_16_bits() -> None:
+    result = fixture_analysis("relu_tail")
+    for f in result.findings:
+        if f.rule in ("outliers-zscore", "outliers-iqr") and f.severity is not Severity.INFO:
+            assert f.evidence["verified"]["gain_db"] >= 1.0, f.message
+    tried = [f for f in result.findings if f.rule == "outliers-zscore" and "verified" in f.evidence]
+    assert any(f.evidence["verified"]["gain_db"] < 1.0 and f.severity is Severity.INFO for f in tried)
