@@ -230,9 +230,9 @@ def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degra
         locations=tuple(dict.fromkeys(locations)),
         evidence={"verified": _evidence(best, base), "tried": tried},
         recommendation=Recommendation(
-            "The error that shows downstream starts here: a softmax, sigmoid or normalisation amplifies "
-            "the quantization error of what it reads, so keeping this point wide pays more than widening "
-            "the point where the error becomes visible.",
+            "Of the changes re-simulated, this one gains most at the model output: give this point more bits. "
+            "Where other findings point further downstream, the error shows there but starts here (a softmax, "
+            "sigmoid, normalisation or product amplifies the error of what it reads).",
             config=best.change,
         ),
         predicted=(f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB"
