@@ -59,6 +59,7 @@ e2e-neovim: $(VENV)/.installed
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run.py --write BENCHMARKS.md
+	$(BIN)/python bench/stages.py --write BENCHMARKS.md
 
 # The language server's section of BENCHMARKS.md (about 25 min; not part of `bench`).
 bench-lsp: $(VENV)/.installed-dev
