@@ -123,6 +123,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
     settings = result.settings
     infos = [p.info for p in result.points]
     base = result.output.error
+    degraded = _output_degraded(result, diagnosis)
     measured = {change_key(v.change): v for v in verified}
     out = []
     for f in findings:
@@ -134,7 +135,8 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
         else:
             own = measured.get(change_key(rec.config))
             joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
-            out.append(_judged(f, own, joint, base, diagnosis, result.output.custom) if own is not None or joint else f)
+            out.append(_judged(f, own, joint, base, diagnosis, result.output.custom, degraded)
+                       if own is not None or joint else f)
     if base.count and not _output_degraded(result, diagnosis) and not result.estimated:
         out = [_unfelt(f, base) for f in out]
     best = max((v for v in verified if _gain(v, base) >= diagnosis.min_fix_gain_db),
@@ -145,7 +147,6 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
     top = {"change": best.change, "description": describe(best.change), "output_sqnr_db": base.sqnr_db,
            "verified_sqnr_db": best.error.sqnr_db, "gain_db": _gain(best, base),
            "top1_agreement": best.top1_agreement, "tried": len(verified)}
-    degraded = _output_degraded(result, diagnosis)
     for i, f in enumerate(out):
         if f.recommendation and change_key(f.recommendation.config) == key:
             severity = Severity.WARNING if degraded and f.severity is Severity.INFO else f.severity
@@ -158,7 +159,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
 
 
 def _judged(f: Finding, own: Verification | None, joint: list[Verification], base: ErrorSums,
-            diagnosis: DiagnosisSettings, custom: dict[str, float]) -> Finding:
+            diagnosis: DiagnosisSettings, custom: dict[str, float], degraded: bool) -> Finding:
     """``f`` with its fix judged by its own verification, or when that alone does not help
     (or was not re-simulated), by the best ``joint`` change that includes it."""
     rec = f.recommendation
@@ -185,10 +186,11 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], bas
                        f"{best.error.sqnr_db:.1f} dB{_extras(best, custom)}"))
     if own is None:
         return f
+    where = ("the output's error comes from elsewhere (see the top recommendation)" if degraded else
+             f"the model output keeps {base.sqnr_db:.1f} dB without it")
     tried = Recommendation(
         f"Tried {describe(rec.config)}: {effect} ({gain:+.1f} dB), under the {diagnosis.min_fix_gain_db:g} dB a fix "
-        "must gain, so it is not recommended; the cause of the output's error is elsewhere (see the top "
-        "recommendation).",
+        f"must gain, so it is not recommended; {where}.",
     )
     severity = Severity.INFO if f.severity is Severity.WARNING else f.severity
     return dataclasses.replace(f, severity=severity, evidence=evidence, recommendation=tried,

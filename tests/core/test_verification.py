@@ -147,6 +147,8 @@ def test_a_fix_that_gains_is_quoted_and_one_that_does_not_is_withdrawn() -> None
     withdrawn = judged["degraded-layer"]
     assert withdrawn.severity is Severity.INFO and withdrawn.recommendation.config == {}
     assert withdrawn.recommendation.explanation.startswith("Tried softmax at 16 bits: output SQNR 13.0 -> 13.4 dB")
+    assert withdrawn.recommendation.explanation.endswith("the output's error comes from elsewhere (see the top "
+                                                         "recommendation).")
     assert top["change"] == {"z_threshold": 9} and top["rule"] == "outliers-zscore"
 
 
