@@ -14,6 +14,7 @@ language server) is reported in milliseconds beside.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -77,7 +78,15 @@ def bench(name: str, rounds: int) -> dict[str, Any]:
         for stage in STAGES:
             ratios[stage].append(timings.get(stage, 0.0) / base)
         ratios["total"].append(wall / base)
-    return {"fixture": name, "batches": len(batches), "simulated": config.num_simulation_batches or len(batches),
+    _, sampled, _ = measure_project(config)
+    _, everything, _ = measure_project(dataclasses.replace(config, num_simulation_batches=None))
+    sampling = {"output_sqnr_db": sampled.output.error.sqnr_db, "output_sqnr_db_all": everything.output.error.sqnr_db,
+                "largest_point_difference_db": max(
+                    (abs(m.cumulative.sqnr_db - everything.points[n].cumulative.sqnr_db)
+                     for n, m in sampled.points.items()
+                     if m.cumulative is not None and everything.points[n].cumulative is not None), default=0.0)}
+    return {"fixture": name, "batches": len(batches), "sampling": sampling,
+            "simulated": config.num_simulation_batches or len(batches),
             "verified": verified, "forward_ms": 1000 * statistics.median(forwards),
             "diagnose_ms": 1000 * statistics.median(diagnoses), "total_ms": 1000 * statistics.median(walls),
             "ratios": {k: statistics.median(v) for k, v in ratios.items()}}
@@ -115,6 +124,19 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
             f"{row['forward_ms']:.1f} ms | {r['calibrate']:.2f}x | {r['thresholds']:.2f}x | {r['simulate']:.2f}x | "
             f"{r['choose']:.2f}x | {r['verify']:.2f}x | **{r['total']:.2f}x** | {row['total_ms']:.0f} ms | "
             f"{row['diagnose_ms']:.0f} ms |")
+    lines += [
+        "",
+        "The errors and the verification are measured on the first `num_simulation_batches` batches: the output "
+        "SQNR measured so, against the same over every calibration batch, and the largest difference of any "
+        "point's cumulative SQNR between the two:",
+        "",
+        "| fixture | output SQNR, 2 batches | output SQNR, every batch | largest point difference |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["sampling"]
+        lines.append(f"| {row['fixture']} | {m['output_sqnr_db']:.2f} dB | {m['output_sqnr_db_all']:.2f} dB | "
+                     f"{m['largest_point_difference_db']:.2f} dB |")
     return "\n".join(lines) + "\n"
 
 

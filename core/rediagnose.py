@@ -56,7 +56,8 @@ def assemble(calibration: CalibrationResult, settings: QuantSettings, measuremen
         for p in calibration.points
     ]
     return AnalysisResult(settings, calibration, points, output, [], sensitivity=sensitivity,
-                          validation=measurements.validation, estimated=not current)
+                          validation=measurements.validation, estimated=not current,
+                          verified=measurements.verified if current else [])
 
 
 def rediagnose(calibration: CalibrationResult, config: ProjectConfig, measurements: Measurements, *,
@@ -82,8 +83,7 @@ def judge(result: AnalysisResult, measurements: Measurements, diagnosis: Diagnos
     """``result`` with its findings: the diagnosis, the recommendations judged by the verified
     changes (when measured under these settings), estimates marked as such."""
     findings = diagnose(result, diagnosis, ignore, memo)
-    verified = measurements.verified if not result.estimated else []
-    findings, result.top_recommendation = apply_verified(findings, result, verified, diagnosis, config_location)
+    findings, result.top_recommendation = apply_verified(findings, result, result.verified, diagnosis, config_location)
     findings = [f for f in findings if not matches(f, ignore) and not suppressed(f)]  # best-fix is new here
     stale = set(MEASURED_RULES) if result.estimated else set()
     if not measurements.weights_current_for(result.settings):

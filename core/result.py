@@ -13,7 +13,7 @@ from typing import Any
 from quantlens.core.activations import ActivationQuant
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding
-from quantlens.core.measurements import OutputMetrics
+from quantlens.core.measurements import OutputMetrics, Verification
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
@@ -84,6 +84,9 @@ class AnalysisResult:
     """The config entry that names the data function."""
     config_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    verified: list[Verification] = field(default_factory=list)
+    """The re-simulated changes, when measured under ``settings`` (rules may read them: one
+    point kept wide that recovers the output means the problem is not global)."""
     top_recommendation: dict[str, Any] | None = None
     """The verified change that gains most at the output: change, description, rule, the
     output SQNR before and after (see :mod:`quantlens.core.verification`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from quantlens.core.changes import override_name
 from quantlens.core.diagnosis.context import Context
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
@@ -111,15 +112,18 @@ def output_and_global(ctx: Context) -> list[Finding]:
 
 
 def _one_point_recovers(ctx: Context) -> bool:
-    """True when keeping the single worst point at 16 bits recovers the output (a gain of
-    divergence_jump_db, measured by re-simulation, to a non-degraded SQNR): then the
-    degraded layers inherit one layer's error and the problem is not global."""
-    single = [s for s in ctx.result.sensitivity if s["k"] == 1]
-    if not single or not ctx.result.output.error.count:
+    """True when keeping a single point at 16 bits recovers the output (a gain of
+    divergence_jump_db, measured by re-simulation: a verified change or the sensitivity
+    search, to a non-degraded SQNR): then the degraded layers inherit one layer's error and
+    the problem is not global."""
+    if not ctx.result.output.error.count:
         return False
-    after = single[0]["output_sqnr_db"]
-    gain = after - ctx.result.output.error.sqnr_db
-    return gain >= ctx.settings.divergence_jump_db and not ctx.settings.is_degraded("sqnr", after / 100.0)
+    single = [s["output_sqnr_db"] for s in ctx.result.sensitivity if s["k"] == 1]
+    single += [v.error.sqnr_db for v in ctx.result.verified
+               if len(v.change) == 1 and all(override_name(k) is not None for k in v.change)]
+    base = ctx.result.output.error.sqnr_db
+    return any(after - base >= ctx.settings.divergence_jump_db and not ctx.settings.is_degraded("sqnr", after / 100.0)
+               for after in single)
 
 
 def _failing_alone(ctx: Context) -> list[str]:

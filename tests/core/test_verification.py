@@ -181,3 +181,15 @@ def test_the_measured_effect_quotes_the_users_metric_before_and_after() -> None:
     (f,), _ = apply_verified([_finding("outliers-zscore", "body", {"z_threshold": 9})], result, [v],
                              DiagnosisSettings())
     assert f.predicted == "measured by re-simulation: output SQNR 13.0 -> 20.0 dB, my_mse 0.25 -> 0.0625"
+
+
+def test_one_verified_point_that_recovers_the_output_means_the_problem_is_not_global() -> None:
+    from quantlens.core.diagnosis.context import Context
+    from quantlens.core.diagnosis.rules_error import _one_point_recovers
+
+    result = _softmax_chain()
+    assert not _one_point_recovers(Context(result, DiagnosisSettings()))
+    result.verified = [_verified(_keep("logits"), 22.2)]  # +9.2 dB, to a non-degraded 22 dB
+    assert _one_point_recovers(Context(result, DiagnosisSettings()))
+    result.verified = [_verified({**_keep("logits"), **_keep("body")}, 40.0)]  # two points: says nothing
+    assert not _one_point_recovers(Context(result, DiagnosisSettings()))
