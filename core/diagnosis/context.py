@@ -17,6 +17,23 @@ from quantlens.core.thresholds import search_threshold
 
 FAR_OUT_IQR = 3.0
 """Tukey's far-out fences: the bulk is [q1 - 3 IQR, q3 + 3 IQR]."""
+NATURAL_RANGES: dict[str, tuple[float, float]] = {
+    "sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0),
+}
+"""Outputs bounded by construction, by activation function or op (``Softmax`` is nn.Softmax)."""
+
+
+def natural_range(p: PointResult) -> tuple[float, float] | None:
+    """The range a point's output lies in by construction (a sigmoid's [0, 1]), or None."""
+    for name in (p.info.activation, p.info.op):
+        if name is not None and name.lower() in NATURAL_RANGES:
+            return NATURAL_RANGES[name.lower()]
+    return None
+
+
+def is_probability(p: PointResult) -> bool:
+    """A sigmoid or softmax output: bounded to [0, 1], its confident values few and at the top."""
+    return natural_range(p) == (0.0, 1.0)
 
 
 class Context:

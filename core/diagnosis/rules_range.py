@@ -11,10 +11,9 @@ import math
 import numpy as np
 
 from quantlens.core.activations import SHIFT_NEGATIVE_ACTIVATIONS, shift_for
-from quantlens.core.diagnosis.context import Context
+from quantlens.core.diagnosis.context import Context, is_probability
 from quantlens.core.diagnosis.rules_error import keep_wide, mct
 from quantlens.core.findings import Finding, Recommendation, Severity
-from quantlens.core.result import PointResult
 
 BULK_GAIN_DB = 12.0
 """An outlier finding needs the bulk to gain two power-of-two steps (12 dB) from clipping."""
@@ -23,9 +22,6 @@ BULK_FLOOR_BITS = 4
 ACCEPTABLE_LOSS_DB = 6.0
 """A z_threshold is recommended only when all values together lose at most this much."""
 NORM_INPUT_Z = 10.0
-PROBABILITY_ACTIVATIONS = frozenset({"sigmoid", "hardsigmoid"})
-PROBABILITY_OPS = frozenset({"softmax", "Softmax"})
-"""Functional softmax and nn.Softmax: with the sigmoids, outputs bounded to [0, 1] by construction."""
 
 
 def outliers_zscore(ctx: Context) -> list[Finding]:
@@ -89,17 +85,13 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
     return findings
 
 
-def _probability(p: PointResult) -> bool:
-    return p.info.activation in PROBABILITY_ACTIVATIONS or p.info.op in PROBABILITY_OPS
-
-
 def outliers_iqr(ctx: Context) -> list[Finding]:
     """Heavy-tailed points by Tukey's fences. Probability outputs (softmax, sigmoid) are left
     out: their range is [0, 1] whatever the data, and a sparse one (most mass near 0) has
     quartiles near 0, so every confident prediction lies beyond 1.5 IQR without being a tail
     that stretches the grid."""
     share = ctx.settings.iqr_outlier_share
-    ranked = sorted((p for p in ctx.quantized if not _probability(p)), key=lambda p: -p.activation.iqr_outlier_fraction)
+    ranked = sorted((p for p in ctx.quantized if not is_probability(p)), key=lambda p: -p.activation.iqr_outlier_fraction)
     flagged = [p for p in ranked if p.activation.iqr_outlier_fraction > share]
     top = [{"point": p.name, "iqr_outlier_fraction": p.activation.iqr_outlier_fraction} for p in ranked[: ctx.settings.top_n]]
     findings = []

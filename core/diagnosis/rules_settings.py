@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from quantlens.core.diagnosis.context import Context
+from quantlens.core.diagnosis.context import Context, natural_range
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
 from quantlens.core.settings import PointOverride
@@ -32,10 +32,6 @@ rule never blames the z_threshold that rule asked for on the point it asked for.
 BOUNDED_COST_DB = 3.0
 """Half a bit is enough when the cut lands inside a bounded output's natural range: there
 the clipped values are the confident ones, not outliers."""
-NATURAL_RANGES: dict[str, tuple[float, float]] = {
-    "sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0),
-}
-"""Outputs bounded by construction, by activation function or op (``Softmax`` is nn.Softmax)."""
 REVERT_METHOD = ErrorMethod.MSE
 """The default error method, and what an exempted point falls back to: it maximises the
 predicted SQNR, so it is never itself blamed."""
@@ -103,7 +99,7 @@ def _damages(p: PointResult, without: _Search, with_setting: _Search) -> bool:
     """The setting lowers the threshold and costs more than the point's margin."""
     if with_setting.threshold >= without.threshold:
         return False
-    natural = _natural_range(p)
+    natural = natural_range(p)
     inside = natural is not None and with_setting.threshold < max(abs(natural[0]), abs(natural[1]))
     return without.sqnr_db - with_setting.sqnr_db > (BOUNDED_COST_DB if inside else SETTING_COST_DB)
 
@@ -117,13 +113,6 @@ def _search(ctx: Context, p: PointResult, method: ErrorMethod, z_threshold: floa
     results, sqnr = ctx.memo.search(p.name, ctx.dist(p), a.n_bits, ctx.result.settings, a.shift, (method,),
                                     z_threshold=z_threshold)
     return _Search(results[method].threshold, sqnr[method.value])
-
-
-def _natural_range(p: PointResult) -> tuple[float, float] | None:
-    for name in (p.info.activation, p.info.op):
-        if name is not None and name.lower() in NATURAL_RANGES:
-            return NATURAL_RANGES[name.lower()]
-    return None
 
 
 def _override(ctx: Context, p: PointResult) -> PointOverride:
@@ -154,7 +143,7 @@ def _finding(ctx: Context, p: PointResult, blames: list[_Blame]) -> Finding:
     fixed_z = math.inf if "z_threshold" in exempted else a.z_threshold
     fixed = _search(ctx, p, fixed_method, fixed_z)
     entry = _exempting_override(ctx, p, blames)
-    natural = _natural_range(p)
+    natural = natural_range(p)
     message = "; ".join(_describe(p.name, b) for b in blames)
     if natural is not None and a.threshold < max(abs(natural[0]), abs(natural[1])):
         kind = p.info.activation or p.info.op
