@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from quantlens.core.config import SIMULATION_BATCHES
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.thresholds import ErrorMethod
@@ -78,7 +79,7 @@ def analyze(
     diagnosis: DiagnosisSettings | None = None,
     ignore: Iterable[str] = (),
     sensitivity: bool = False,
-    simulation_batches: int | None = 2,
+    simulation_batches: int | None = SIMULATION_BATCHES,
 ) -> AnalysisResult:
     """Calibrate, search thresholds, simulate, verify and diagnose: the result ``quantlens check``
     prints, findings included (``diagnosis`` and ``ignore`` are the config's

@@ -55,6 +55,11 @@ class FuncRef:
         return None
 
 
+SIMULATION_BATCHES = 2
+"""Default ``num_simulation_batches``: the errors are means over many values, so they settle
+on far fewer batches than the thresholds need (BENCHMARKS.md measures the difference); each
+simulated batch costs about three forwards and each verified change one more."""
+
 @dataclass(frozen=True)
 class ProjectConfig:
     """Everything needed to run one analysis: what to load, which data, which settings."""
@@ -69,7 +74,7 @@ class ProjectConfig:
     metrics: tuple[FuncRef, ...] = ()
     device: str = "cpu"
     num_calibration_batches: int | None = None
-    num_simulation_batches: int | None = 2
+    num_simulation_batches: int | None = SIMULATION_BATCHES
     """Batches (the first ones) the error simulation and the verification run on; None: all."""
     config_file: Path | None = None
     diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
@@ -226,13 +231,13 @@ def load_config(
         problems.append(Problem(f"num_calibration_batches must be a positive whole number, got {num_batches!r}", where("num_calibration_batches")))
         num_batches = None
 
-    simulation_batches = project.get("num_simulation_batches", 2)
+    simulation_batches = project.get("num_simulation_batches", SIMULATION_BATCHES)
     if simulation_batches == "all":
         simulation_batches = None
     elif isinstance(simulation_batches, bool) or not isinstance(simulation_batches, int) or simulation_batches < 1:
         problems.append(Problem(f'num_simulation_batches must be a positive whole number or "all", '
                                 f"got {simulation_batches!r}", where("num_simulation_batches")))
-        simulation_batches = 2
+        simulation_batches = SIMULATION_BATCHES
 
     diagnosis_table = project.get("diagnosis", {})
     if not isinstance(diagnosis_table, dict):

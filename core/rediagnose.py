@@ -84,7 +84,8 @@ def judge(result: AnalysisResult, measurements: Measurements, diagnosis: Diagnos
     changes (when measured under these settings), estimates marked as such."""
     findings = diagnose(result, diagnosis, ignore, memo)
     findings, result.top_recommendation = apply_verified(findings, result, result.verified, diagnosis, config_location)
-    findings = [f for f in findings if not matches(f, ignore) and not suppressed(f)]  # best-fix is new here
+    findings = [f for f in findings  # diagnose() applied the suppressions; best-fix is the one finding new here
+                if f.rule != "best-fix" or not (matches(f, ignore) or suppressed(f))]
     stale = set(MEASURED_RULES) if result.estimated else set()
     if not measurements.weights_current_for(result.settings):
         stale |= WEIGHT_RULES

@@ -31,7 +31,6 @@ from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.measurements import Verification
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult
-from quantlens.core.settings import QuantSettings
 
 UPSTREAM_CANDIDATES = 3
 """Points ranked by the cumulative-error jump they cause that are confirmed by re-simulation."""
@@ -137,7 +136,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
             joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
             out.append(_judged(f, own, joint, base, diagnosis, result.output.custom, degraded)
                        if own is not None or joint else f)
-    if base.count and not _output_degraded(result, diagnosis) and not result.estimated:
+    if base.count and not degraded and not result.estimated:
         out = [_unfelt(f, base) for f in out]
     best = max((v for v in verified if _gain(v, base) >= diagnosis.min_fix_gain_db),
                key=lambda v: _gain(v, base), default=None)
@@ -267,14 +266,3 @@ def _output_degraded(result: AnalysisResult, diagnosis: DiagnosisSettings) -> bo
 
 def _nsr(sums: ErrorSums | None) -> float:
     return sums.sum_ee / sums.sum_xx if sums is not None and sums.sum_xx > 0 else 0.0
-
-
-def settings_for(settings: QuantSettings, changes: list[Change]) -> list[QuantSettings]:
-    """The settings each change gives (every change here is one :func:`candidates` chose)."""
-    out = []
-    for change in changes:
-        applied = apply_change(settings, change)
-        assert applied is not None, change
-        out.append(applied)
-    return out
-

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantlens.core.activations import SearchMemo, quantize_activations
+from quantlens.core.activations import ActivationQuant, SearchMemo, quantize_activations
 from quantlens.core.changes import Change, apply_change
-from quantlens.core.config import ProjectConfig
+from quantlens.core.config import SIMULATION_BATCHES, ProjectConfig
 from quantlens.core.diagnosis.rules_error import keep_wide
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.errors import Location
@@ -34,11 +34,6 @@ BatchSource = Callable[[], Iterable[Any]]
 StageProgress = Callable[[str, int, int | None], None]
 """(stage, batches done, total or None)."""
 
-
-SIMULATION_BATCHES = 2
-"""Default ``num_simulation_batches``: the errors are means over many values, so they settle
-on far fewer batches than the thresholds need (BENCHMARKS.md measures the difference); each
-simulated batch costs about three forwards and each verified change one more."""
 
 Choose = Callable[[Measurements], list[Change]]
 """The changes to verify, chosen from the diagnosis of the base measurements (torch-free)."""
@@ -106,8 +101,8 @@ def measure(
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()
-        measurements.sensitivity = measure_sensitivity(model, calibration, measurements, variant, simulated, roots,
-                                                       sim.outputs, progress)
+        measurements.sensitivity = measure_sensitivity(model, calibration, measurements, acts, variant, simulated,
+                                                       roots, sim.outputs, progress)
         timings["sensitivity"] = time.perf_counter() - start
     return measurements
 
@@ -147,14 +142,13 @@ def _weight_bits(settings: QuantSettings, point: PointInfo) -> tuple[int, bool]:
 
 
 def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, measurements: Measurements,
-                        variants: _Variants, batches: BatchSource, roots: list[Path],
+                        acts: dict[str, ActivationQuant], variants: _Variants, batches: BatchSource, roots: list[Path],
                         reference: list[torch.Tensor] | None, progress: StageProgress | None,
                         ks: tuple[int, ...] = (1, 3)) -> list[dict[str, Any]]:
     """Output SQNR with the k points of worst isolated SQNR kept at 16 bits, re-simulated
     together (only on request: ``--sensitivity``, the editor's quantize-now command)."""
     points = measurements.points
-    ranked = sorted((name for name, m in points.items()
-                     if m.isolated is not None and measurements.settings.for_point([name], []).quantize),
+    ranked = sorted((name for name, m in points.items() if m.isolated is not None and acts[name].quantize),
                     key=lambda name: points[name].isolated.sqnr_db)  # type: ignore[union-attr]
     chosen = [ranked[:k] for k in ks if 2 * k <= len(ranked)]  # half the model wide says nothing
     changes: list[Change] = [keep_wide(names) for names in chosen]
