@@ -158,12 +158,15 @@ class SearchMemo:
         z_threshold = settings.z_threshold if z_threshold is None else z_threshold
         key = (name, n_bits, settings.l_p_value, z_threshold, settings.power_of_two_thresholds, shift, methods)
         found = self._searches.get(key)
+        every = self._searches.get((*key[:-1], tuple(ErrorMethod)))
+        if found is None and every is not None:  # a search of fewer methods reads the full one
+            found = ({m: every[0][m] for m in methods}, {m.value: every[1][m.value] for m in methods})
         if found is None:
             searched = dist.shifted(shift) if shift else dist
             results = search_all(searched, n_bits, l_p_value=settings.l_p_value, z_threshold=z_threshold,
                                  power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
                                  methods=methods)
-            sqnr = {m.value: predicted_sqnr(dist, r.threshold, n_bits, r.signed, shift) for m, r in results.items()}
+            sqnr = _predicted_sqnrs(dist, results, n_bits, shift, z_threshold)
             if len(self._searches) >= self.MAX_ENTRIES:
                 self._searches.clear()
             found = self._searches[key] = (results, sqnr)
@@ -237,6 +240,27 @@ def predicted_sqnr(dist: Distribution, threshold: float, n_bits: int, signed: bo
     result = search_all(quantized, n_bits, methods=(ErrorMethod.MSE,), signed=signed,
                         candidates=np.array([threshold]))[ErrorMethod.MSE]
     return sqnr_from_sums(dist.sumsq, float(result.errors[0]) * dist.count)
+
+
+def _predicted_sqnrs(dist: Distribution, results: dict[ErrorMethod, SearchResult], n_bits: int, shift: float,
+                     z_threshold: float) -> dict[str, float]:
+    """:func:`predicted_sqnr` of every method's threshold, from one error curve over all values.
+
+    Without outlier removal the searched distribution is all values, so an L2 curve of the
+    search (MSE, NOCLIPPING, LP at p=2 score the same) already holds every candidate's
+    error; otherwise the distinct chosen thresholds are scored together.
+    """
+    first = next(iter(results.values()))
+    l2 = (ErrorMethod.MSE, ErrorMethod.NOCLIPPING)
+    curve = next((results[m].errors for m in l2 if m in results), None) if not math.isfinite(z_threshold) else None
+    candidates = first.candidates
+    if curve is None:
+        candidates = np.unique([r.threshold for r in results.values()])[::-1]
+        quantized = dist.shifted(shift) if shift else dist
+        curve = search_all(quantized, n_bits, methods=(ErrorMethod.MSE,), signed=first.signed,
+                           candidates=candidates)[ErrorMethod.MSE].errors
+    at = {float(t): float(e) for t, e in zip(candidates, curve)}
+    return {m.value: sqnr_from_sums(dist.sumsq, at[r.threshold] * dist.count) for m, r in results.items()}
 
 
 def _curve(result: SearchResult) -> tuple[list[float], list[float]]:

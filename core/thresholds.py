@@ -38,7 +38,6 @@ optimum (measured: at most 3% more error).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -202,8 +201,8 @@ class _Cells:
         # Wide quantizers (16 bits) have more cells than the histogram has bins: score bins.
         self.per_bin = len(j) > len(dist.n)
         if not self.per_bin:
-            cum = dist.cumulative(self.bounds)
-            self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in cum)
+            self.cum = dist.cumulative(self.bounds)
+            self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in self.cum)
 
     def lp(self, p: float) -> np.ndarray:
         """Mean |Q(x) - x|^p for every candidate."""
@@ -216,8 +215,8 @@ class _Cells:
             return np.maximum(sse + self.dist.within_var, 0.0) / self.total
         if p == 1.0:
             n_below, s_below, _, _ = self.dist.cumulative(self.levels)
-            n_lo = n_below - self.dist.cumulative(self.bounds[:, :-1])[0]
-            s_lo = s_below - self.dist.cumulative(self.bounds[:, :-1])[1]
+            n_lo = n_below - self.cum[0][:, :-1]  # below each level within its cell
+            s_lo = s_below - self.cum[1][:, :-1]
             n_hi = self.cell_n - n_lo
             s_hi = self.cell_s1 - s_lo
             q = self.levels
@@ -240,98 +239,88 @@ class _Cells:
 def _kl_errors(dist: Distribution, candidates: np.ndarray, n_bits: int, signed: bool) -> np.ndarray:
     """D_KL(P_t || Q_t) for each candidate t (see the module docstring).
 
-    P_t's resolution is one power of two per octave of t, so candidates are grouped by
-    octave. A group's P is the distribution's bins minus the narrow ones plus their merged
-    grid: every quantity read from P is a sum over bins, so it is read from those three sets
-    without building P (the narrow bins are few except in the coarsest octaves).
+    P_t's resolution is one power of two per octave of t. Every quantity read from P is a sum
+    over bins: the distribution's bins wider than the resolution, plus the narrow ones merged
+    into its grid, so all candidates are scored at once from per-resolution prefix sums
+    (:class:`_Resolved`) without building any P.
     """
     if np.any(dist.hi <= dist.lo):  # raw values: put them on the float-bits bins, which have widths
         values = np.repeat(dist.lo, dist.n.astype(np.int64))
         dist = Distribution.from_histogram(*histogram.histogram_from_values(values))
     if not math.isfinite(float(dist.hi[-1]) - float(dist.lo[0])):
         return np.full(len(candidates), np.inf)  # the bin of float32's largest values ends at inf: no density
-    full = _Bins(dist.lo, dist.hi, dist.n / dist.count)
     octave = np.frexp(candidates)[1] - 1  # floor(log2 t), exactly
-    errors = np.empty(len(candidates))
-    for k in np.unique(octave):
-        group = octave == k
-        errors[group] = _kl_one_resolution(full, 2.0 ** (int(k) - (n_bits + 2)), candidates[group], n_bits, signed,
-                                           dist.count)
-    return errors
-
-
-def _kl_one_resolution(full: _Bins, resolution: float, candidates: np.ndarray, n_bits: int, signed: bool,
-                       total: float) -> np.ndarray:
-    """D_KL(P || Q) = integral of p log(p / q), for candidates whose P has one resolution.
-
-    P and Q are piecewise-constant densities, so the integral is P's negative entropy (a sum
-    over its bins) minus, for every cell, the P mass inside it times the log of Q's density
-    there (a sum over cells, read from P's cumulative mass). Q spreads each level's mass
-    (clipped values included) uniformly over the level's own cell, clipped to the data's
-    extent, and mixes in one pseudo-sample spread over that extent, so values clipped beyond
-    the outer cells cost log(N)-ish nats each.
-    """
-    narrow_mask = (full.hi - full.lo) < resolution
-    narrow = full.subset(narrow_mask)
-    merged = narrow.merged(resolution)
-    vmin = float(merged.lo[0] if narrow_mask[0] else full.lo[0])
-    vmax = float(merged.hi[-1] if narrow_mask[-1] else full.hi[-1])
-    neg_entropy = full.neg_entropy - narrow.neg_entropy + merged.neg_entropy
+    octaves, row = np.unique(octave, return_inverse=True)
+    p = _Resolved(dist.lo, dist.hi, dist.n / dist.count, 2.0 ** (octaves - (n_bits + 2)))
     grid = Grid.of(float(candidates[0]), n_bits, signed)
     step = np.array([Grid.of(float(t), n_bits, signed).step for t in candidates])[:, None]
     bounds = (np.arange(grid.j_min, grid.j_max + 2, dtype=np.float64) - 0.5)[None, :] * step  # (C, L+1)
-    below = full.below(bounds) - narrow.below(bounds) + merged.below(bounds)
+    below = p.below(bounds, row)
     in_cell = np.maximum(np.diff(below, axis=1), 0.0)  # P mass inside each level's cell
     clipped_low, clipped_high = np.maximum(below[:, 0], 0.0), np.maximum(1.0 - below[:, -1], 0.0)
     level_mass = in_cell.copy()
     level_mass[:, 0] += clipped_low
     level_mass[:, -1] += clipped_high
+    vmin, vmax = p.vmin[row][:, None], p.vmax[row][:, None]
     support = np.diff(np.clip(bounds, vmin, vmax), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         q_density = np.where(support > 0, level_mass / support, 0.0)
+    total = dist.count
     prior = 1.0 / ((vmax - vmin) * total)  # bins have widths, so the extent has one
     scale = 1.0 + 1.0 / total  # Q's mass and the pseudo-sample's, normalised to one
     with np.errstate(divide="ignore"):
         cross = np.sum(np.where(in_cell > 0, in_cell * np.log((q_density + prior) / scale), 0.0), axis=1)
-    cross += (clipped_low + clipped_high) * math.log(prior / scale)
-    return np.maximum(neg_entropy - cross, 0.0)
+    cross += (clipped_low + clipped_high) * np.log(prior[:, 0] / scale)
+    return np.maximum(p.neg_entropy[row] - cross, 0.0)
 
 
-@dataclass(frozen=True)
-class _Bins:
-    """Sorted, non-overlapping bins [lo, hi) with their probability mass, uniform inside each."""
+class _Resolved:
+    """P at several resolutions (rows): sorted, non-overlapping bins [lo, hi) with their
+    probability mass, uniform inside each, where at each row's resolution r (a power of two)
+    the bins narrower than r are merged into the grid of width r.
 
-    lo: np.ndarray
-    hi: np.ndarray
-    mass: np.ndarray
+    D_KL(P || Q) is P's negative entropy minus, per cell of Q, the P mass inside it times the
+    log of Q's density there; both are read from here. Q spreads each level's mass (clipped
+    values included) uniformly over the level's own cell, clipped to the data's extent, and
+    mixes in one pseudo-sample spread over that extent, so values clipped beyond the outer
+    cells cost log(N)-ish nats each.
+    """
 
-    def subset(self, mask: np.ndarray) -> _Bins:
-        return _Bins(self.lo[mask], self.hi[mask], self.mass[mask])
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, mass: np.ndarray, resolution: np.ndarray):
+        self.lo, self.width, self.mass, self.resolution = lo, hi - lo, mass, resolution
+        self.narrow = narrow = self.width[None, :] < resolution[:, None]  # (R, B)
+        self.full_below = np.concatenate(([0.0], np.cumsum(mass)))
+        # one cumulative sum over (R, B): numpy's runs serially, and it is most of the cost
+        self.narrow_below = np.concatenate((np.zeros((len(resolution), 1)),
+                                            np.cumsum(np.where(narrow, mass, 0.0), axis=1)), axis=1)
+        per_bin = mass * np.log(mass / self.width)
+        # the merged cells: narrow bins grouped by row and by floor(lo / r), sorted both ways
+        rows, cols = np.divmod(np.flatnonzero(narrow), len(lo))
+        keys = np.floor(lo[cols] / resolution[rows])
+        starts = np.flatnonzero(np.concatenate(([len(rows) > 0], (rows[1:] != rows[:-1]) | (keys[1:] != keys[:-1]))))
+        cell = np.add.reduceat(mass[cols], starts) if len(starts) else np.zeros(0)
+        cell_row = rows[starts]
+        merged = np.bincount(cell_row, weights=cell * np.log(cell / resolution[cell_row]), minlength=len(resolution))
+        self.neg_entropy = float(np.sum(per_bin)) - np.sum(np.where(narrow, per_bin, 0.0), axis=1) + merged
+        """Integral of p log p, per row."""
+        first = np.floor(lo[0] / resolution) * resolution
+        last = np.floor(lo[-1] / resolution) * resolution + resolution
+        self.vmin = np.where(narrow[:, 0], first, lo[0])
+        self.vmax = np.where(narrow[:, -1], last, hi[-1])
+        """The extent of P per row (a merged end cell reaches its grid cell's end)."""
 
-    @functools.cached_property
-    def neg_entropy(self) -> float:
-        """Integral of p log p over these bins (p = mass / width)."""
-        return float(np.sum(self.mass * np.log(self.mass / (self.hi - self.lo))))
-
-    @functools.cached_property
-    def _prefix(self) -> np.ndarray:
-        return np.concatenate(([0.0], np.cumsum(self.mass)))
-
-    def below(self, x: np.ndarray) -> np.ndarray:
-        """Mass below each ``x`` (a cut bin counts in proportion, as Distribution.cumulative)."""
-        if not len(self.lo):
-            return np.zeros_like(x)
+    def below(self, x: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Mass below each ``x`` of shape (C, K), read at resolution ``row[c]``; a cut bin or
+        cell counts in proportion to the part below."""
+        rows = row[:, None]
         k = np.searchsorted(self.lo, x, side="left")  # bins with lo < x
         last = np.maximum(k - 1, 0)
-        frac = np.clip((x - self.lo[last]) / (self.hi[last] - self.lo[last]), 0.0, 1.0)
-        return np.where(k > 0, self._prefix[last] + frac * self.mass[last], 0.0)
-
-    def merged(self, resolution: float) -> _Bins:
-        """These bins merged into a linear grid of width ``resolution``: bins are sorted, so
-        their grid keys are too and a run-length sum merges them."""
-        if not len(self.lo):
-            return self
-        keys = np.floor(self.lo / resolution)
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        lo = keys[starts] * resolution
-        return _Bins(lo, lo + resolution, np.add.reduceat(self.mass, starts))
+        frac = np.clip((x - self.lo[last]) / self.width[last], 0.0, 1.0)
+        wide_below = self.full_below[last] - self.narrow_below[rows, last]
+        wide = np.where(k > 0, wide_below + np.where(self.narrow[rows, last], 0.0, frac * self.mass[last]), 0.0)
+        # narrow bins merged: the cells below floor(x / r) whole, then x's own cell in proportion
+        r = self.resolution[rows]
+        g = np.floor(x / r)
+        at = np.searchsorted(self.lo, np.stack((g * r, (g + 1) * r)), side="left")
+        whole, through = self.narrow_below[rows, at[0]], self.narrow_below[rows, at[1]]
+        return wide + whole + (x / r - g) * (through - whole)

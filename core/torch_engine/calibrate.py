@@ -1,8 +1,11 @@
 """Calibration: one pass of the representative data through the float model.
 
-The first batch runs twice: once to discover the points (fusion follows tensor identity,
-so it needs a whole forward before the points are known), then with the collectors like
-every other batch. The model input is a point too (its first tensor, observed before each
+The first batch runs once, to discover the points (fusion follows tensor identity, so it
+needs a whole forward before the points are known); what that forward's hooks saw is kept
+and replayed into the collectors afterwards (:class:`_Recording`). Where the forward changed
+a tensor the collectors read after they would have read it (an in-place ``out += identity``
+on a point's output), or kept more than ``RECORD_BYTES``, the batch runs again with the
+collectors, as every other batch does. The model input is a point too (its first tensor, observed before each
 forward), and every batch's input and output shapes are checked against the first batch's:
 a model may accept inputs of another length and silently fold samples into rows.
 """
@@ -20,12 +23,81 @@ from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.stats import BatchShapes, CalibrationResult, PointInfo
 from quantlens.core.torch_engine.collector import Collector
 from quantlens.core.torch_engine.discovery import Discovery
-from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor
+from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, tensor_inputs
 from quantlens.core.torch_engine.loading import Batch, to_batch, user_failure
 from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
 
 Progress = Callable[[int, int | None], None]
 """Called with (batches done, total or None) after every batch."""
+RECORD_BYTES = 256 << 20
+"""Most tensor bytes the discovery forward keeps for replay; beyond, the first batch reruns."""
+
+
+class _Recording:
+    """Discovery's handler that also keeps each hook call of the forward, with the version
+    counter of every tensor a collector would read from it, so the collectors can be fed
+    the first batch without a second forward."""
+
+    def __init__(self, discovery: Discovery, model_input: torch.Tensor | None):
+        self.discovery = discovery
+        self.tensor_op = discovery.tensor_op
+        self.calls: list[tuple[str, tuple[Any, ...], list[tuple[torch.Tensor, int]]]] = []
+        self.kept: set[int] = set()
+        self.bytes = 0
+        self.complete = True
+        """False once a tensor without a version counter or the byte budget is met."""
+        self._keep("model_input", (model_input,), [model_input])
+
+    def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.discovery.module_input(name, module, args)
+        self._keep("module_input", (name, module, args), args[:1])
+
+    def module_output(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.discovery.module_output(name, module, args, output)
+        self._keep("module_output", (name, module, args, output), [first_tensor(output)])
+
+    def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
+                        kwargs: dict[str, Any], output: Any) -> None:
+        self.discovery.function_output(key, op, func, args, kwargs, output)
+        self._keep("function_output", (key, op, func, args, kwargs, output),
+                   [first_tensor(output), *tensor_inputs(op, args, kwargs)])
+
+    def _keep(self, kind: str, call: tuple[Any, ...], read: list[Any]) -> None:
+        if not self.complete:
+            return
+        versions = []
+        for t in read:
+            if not isinstance(t, torch.Tensor):
+                continue
+            try:
+                versions.append((t, t._version))
+            except RuntimeError:  # an inference tensor counts no versions: nothing proves it unchanged
+                self._drop()
+                return
+            if id(t) not in self.kept:
+                self.kept.add(id(t))
+                self.bytes += t.numel() * t.element_size()
+        if self.bytes > RECORD_BYTES:
+            self._drop()
+            return
+        self.calls.append((kind, call, versions))
+
+    def _drop(self) -> None:
+        self.complete = False
+        self.calls.clear()
+
+    def replay(self, collector: Collector) -> bool:
+        """Feed ``collector`` the recorded calls, as a forward under its instrumentation
+        would; False (and nothing fed) when a tensor it reads changed after its call."""
+        if not self.complete:
+            return False
+        for kind, call, versions in self.calls:
+            read = kind == "model_input" or collector.reads(kind, call[0])
+            if read and any(t._version != v for t, v in versions):
+                return False
+        for kind, call, _ in self.calls:
+            getattr(collector, kind)(*call)
+        return True
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -77,12 +149,14 @@ def calibrate_batches(
         progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for batch in as_batches(batches, device):
+            recording: _Recording | None = None
             if collector is None:
                 if points is None:
                     discovery = Discovery(model, workspace, sites)
                     discovery.model_inputs([*batch.args, *batch.kwargs.values()], _input_source(batch, model, sites))
-                    with Instrumentation(model, discovery):
-                        run_forward(model, batch, roots, count)
+                    recording = _Recording(discovery, batch.input)
+                    with Instrumentation(model, recording):
+                        output = run_forward(model, batch, roots, count)
                     points = discovery.points()
                 if not any(p.kind != "input" for p in points):  # the input alone: nothing is computed
                     raise QuantlensError([Problem(
@@ -92,9 +166,11 @@ def calibrate_batches(
                 instrumentation = Instrumentation(model, collector, watched=collector.watched)
                 signature = _signature(batch)
             collector.half = count % 2
-            collector.model_input(batch.input)
-            with instrumentation:
-                output = run_forward(model, batch, roots, count)
+            if recording is None or not recording.replay(collector):
+                collector.model_input(batch.input)
+                with instrumentation:
+                    output = run_forward(model, batch, roots, count)
+            recording = None  # the first batch's tensors go
             shapes.observe(count, _shape(batch.input) or [], _shape(first_tensor(output)))
             count += 1
             samples += batch.size

@@ -240,6 +240,15 @@ class Collector:
     def watched(self) -> set[str]:
         return set(self.output_module) | set(self.input_module)
 
+    def reads(self, kind: str, name: str) -> bool:
+        """Whether the handler call ``kind`` (a method's name) for the module or functional op
+        ``name`` feeds an accumulator."""
+        if kind == "module_input":
+            return name in self.input_module
+        if kind == "module_output":
+            return name in self.output_module
+        return name in self.output_function
+
     def model_input(self, x: torch.Tensor | None) -> None:
         """The batch's first tensor, before the forward: the model input's point."""
         if self.input_point is not None and x is not None and x.is_floating_point():
