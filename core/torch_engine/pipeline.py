@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from quantlens.core.rediagnose import assemble, judge, rediagnose
 from quantlens.core.result import AnalysisResult
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
-from quantlens.core.torch_engine.calibrate import calibrate_batches
+from quantlens.core.torch_engine.calibrate import as_batches, calibrate_batches, model_device
 from quantlens.core.torch_engine.folding import quantize_model_weights
 from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
 from quantlens.core.torch_engine.simulate import Metric, QuantizedWeights, Variant, resimulate, simulate
@@ -69,8 +69,8 @@ def measure(
     timings["thresholds"] = time.perf_counter() - start
     count = calibration.num_batches if simulation_batches is None else min(simulation_batches, calibration.num_batches)
 
-    def simulated() -> Iterable[Batch]:
-        return _limited(batches(), count)
+    device = model_device(model)
+    simulated = _KeptBatches(lambda: as_batches(_limited(batches(), count), device))
 
     start = time.perf_counter()
     sim = simulate(
@@ -105,6 +105,40 @@ def measure(
                                                        roots, sim.outputs, progress)
         timings["sensitivity"] = time.perf_counter() - start
     return measurements
+
+
+KEEP_BATCHES_BYTES = 256 << 20
+"""The simulated batches are kept for the re-simulations while they take at most this much."""
+
+
+class _KeptBatches:
+    """The simulated batches, read from the data function once and kept (up to
+    KEEP_BATCHES_BYTES), so the verification and the sensitivity search run on the very batches
+    the simulation did: their float outputs are the simulation's, and a data function that
+    draws at random would give other batches on a second read. Read again when too large,
+    or when a forward changed a kept tensor in place."""
+
+    def __init__(self, read: Callable[[], Iterable[Batch]]):
+        self.read = read
+        self.kept: list[tuple[Batch, list[tuple[torch.Tensor, int]]]] | None = None
+
+    def __call__(self) -> Iterable[Batch]:
+        if self.kept is not None and all(t._version == v for _, versions in self.kept for t, v in versions):
+            return [batch for batch, _ in self.kept]
+        return self._keep()
+
+    def _keep(self) -> Iterator[Batch]:
+        kept: list[tuple[Batch, list[tuple[torch.Tensor, int]]]] | None = []
+        size = 0
+        for batch in self.read():
+            tensors = [t for t in (*batch.args, *batch.kwargs.values()) if isinstance(t, torch.Tensor)]
+            size += sum(t.numel() * t.element_size() for t in tensors)
+            if kept is not None and size <= KEEP_BATCHES_BYTES and not any(t.is_inference() for t in tensors):
+                kept.append((batch, [(t, t._version) for t in tensors]))
+            else:
+                kept = None
+            yield batch
+        self.kept = kept  # only a read to the end is kept
 
 
 class _Variants:

@@ -151,3 +151,21 @@ def test_conv_bn_without_activation_is_quantized_in_the_quantized_pass() -> None
     assert conv.cumulative.sqnr_db == pytest.approx(conv.isolated.sqnr_db, abs=1e-6)
     # conv2 inherits conv's error: its cumulative SQNR is below its own isolated one
     assert conv2.cumulative.sqnr_db < conv2.isolated.sqnr_db - 1.0
+
+
+def test_verification_reruns_the_simulated_batches_not_a_new_read(built, sample):
+    """The data function is read once for calibration and once for the simulation; the
+    verification and the sensitivity search re-simulate those same batches. Each read here
+    draws new batches, so a second read would compare quantized outputs of new batches with
+    the float outputs of the simulated ones."""
+    model, sites = built
+    reads: list[int] = []
+
+    def batches():
+        reads.append(1)
+        return sample.batches(3, seed=len(reads))
+
+    result = analyze_model(model, batches, QuantSettings(activation_n_bits=5, weights_n_bits=5), [MODELS], sites=sites,
+                           sensitivity=True)
+    assert len(reads) == 2
+    assert result.verified and result.sensitivity  # both re-simulated, from the kept batches
