@@ -5,7 +5,9 @@ shift), one int64 scatter of pattern + 2^38 that counts and exactly sums every b
 (:data:`histogram.PACK_SHIFT`), one sum of squares, and per-channel min/max. A packed
 scatter replaced a ``bincount`` of counts plus a float64 ``bincount`` of sums: half the
 scatters, no float64 copy of the activations and no per-call pass over all 2^17 bins, so
-small tensors cost per value only (BENCHMARKS.md). Accumulators stay on the device; they go
+small tensors cost per value only (BENCHMARKS.md). A large point scatters into two rows of
+cells at once, which torch runs on two threads (:data:`PARALLEL_MIN`); the rows are summed
+when unpacked. Accumulators are allocated at a point's first tensor and stay on the device; they go
 to the host at :meth:`Collector.finish` (and, unpacked, every 2^23 values of a point).
 Even batches go to half 0, odd batches to half 1.
 """
@@ -27,6 +29,12 @@ from quantlens.core.torch_engine.instrument import first_tensor, tensor_inputs
 
 CHUNK = 1 << 20
 """Values scattered per call: bounds the scratch buffers (20 MiB) whatever the tensor size."""
+PARALLEL_MIN = 1 << 17
+"""A point whose first tensor has at least this many values scatters into two rows of cells
+at once: torch runs a scatter along rows in parallel (one row per thread), while a 1-D
+scatter runs on one thread; on 2^20 values the two-row scatter takes half the time."""
+PARALLEL_BYTES = 256 << 20
+"""The second rows of all points of a calibration take at most this much (2 MiB a point)."""
 
 
 class _Scratch:
@@ -43,6 +51,8 @@ class _Scratch:
         self.views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         """Slices by length: a point sees the same size every batch, and slicing costs more
         than the ops on a small layer."""
+        self.parallel_bytes = PARALLEL_BYTES
+        """What is left for second rows of cells (:data:`PARALLEL_MIN`)."""
 
     def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         views = self.views.get(n)
@@ -63,9 +73,13 @@ class _Accumulator:
     def __init__(self, point: PointInfo, device: torch.device, scratch: _Scratch):
         self.point = point
         self.scratch = scratch
-        self.packed = torch.zeros(2, histogram.NUM_BINS, dtype=torch.int64, device=device)
-        """Per half, bins in unsigned bit order: positive values first, then negative
-        (histogram index = code ^ OFFSET)."""
+        self.device = device
+        self.rows = 0
+        """Rows of cells per half: 1, or 2 for a large point (0: no tensor yet)."""
+        self.packed: torch.Tensor | None = None
+        """Per half and row, bins in unsigned bit order: positive values first, then negative
+        (histogram index = code ^ OFFSET). One row, or two for a large point (:data:`PARALLEL_MIN`),
+        allocated when the first tensor comes."""
         self.unpacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         """Host-side (bin codes, counts, dropped-bit sums) of the occupied bins unpacked so far."""
         self.since_unpack = 0
@@ -90,15 +104,23 @@ class _Accumulator:
         if y.numel() == 0:
             return
         flat = y.view(-1)
-        cells, sumsq = self.packed[half], self.sumsq[half]
+        if self.rows == 0:
+            self.rows = 2 if flat.numel() >= PARALLEL_MIN and self.scratch.parallel_bytes >= self._row_bytes else 1
+            self.scratch.parallel_bytes -= (self.rows - 1) * self._row_bytes
+        sumsq = self.sumsq[half]
         for values in (flat,) if flat.numel() <= CHUNK else flat.split(CHUNK):
             if self.since_unpack + values.numel() > histogram.MAX_PACKED_VALUES:
                 self._unpack()
+            if self.packed is None:
+                self.packed = torch.zeros(2, self.rows, histogram.NUM_BINS, dtype=torch.int64, device=self.device)
+            cells = self.packed[half]
             self.since_unpack += values.numel()
             words, index, squares = self.scratch.take(values.numel())
             words.copy_(values.view(torch.uint32))  # the bit pattern as a non-negative integer
             torch.bitwise_right_shift(words, histogram.SHIFT, out=index)  # the bin code
-            cells.scatter_add_(0, index, words.add_(1 << histogram.PACK_SHIFT))
+            words.add_(1 << histogram.PACK_SHIFT)
+            rows = len(cells) if values.numel() % len(cells) == 0 else 1
+            cells[:rows].scatter_add_(1, index.view(rows, -1), words.view(rows, -1))
             # float32 sums of one chunk (pairwise, ~1e-8 relative), float64 across chunks
             sumsq += torch.mul(values, values, out=squares).sum()
         axis = self.point.channel_axis % y.ndim if y.ndim > 1 else 0
@@ -116,6 +138,10 @@ class _Accumulator:
             torch.maximum(self.channel_max, cmax, out=self.channel_max)
         self.count += flat.numel()
 
+    @property
+    def _row_bytes(self) -> int:
+        return 2 * histogram.NUM_BINS * 8
+
     def _keep_extent(self) -> None:
         """The channels start over when the channel axis changes length; the range seen so far
         must not go with them (it is the point's min and max)."""
@@ -128,7 +154,10 @@ class _Accumulator:
     def _unpack(self) -> None:
         """Move the packed cells into host int64 counts and bit sums of the occupied bins: at
         the end, and every 2^23 values before a cell could overflow (rare)."""
-        packed = self.packed.cpu().numpy()
+        if self.packed is None:
+            packed = np.zeros((2, histogram.NUM_BINS), dtype=np.int64)
+        else:
+            packed = self.packed.sum(dim=1).cpu().numpy()
         codes = np.flatnonzero(packed[0] + packed[1])  # cells are >= 0
         counts, low = histogram.unpack(packed[:, codes], codes)
         if self.unpacked is not None:
@@ -141,7 +170,7 @@ class _Accumulator:
                 counts[:, at] += part_counts
                 low[:, at] += part_low
         self.unpacked = (codes, counts, low)
-        self.packed.zero_()
+        self.packed = None  # the next tensor allocates fresh cells
         self.since_unpack = 0
 
     def observe_inputs(self, inputs: list[torch.Tensor]) -> None:

@@ -171,3 +171,20 @@ def test_extreme_values_through_the_torch_path_match_numpy():
     assert s.count == len(x) and s.min == x.min() and s.max == x.max()
     want = math.fsum(v * v for v in x.astype(np.float64))
     assert np.isfinite(s.sumsq) and s.sumsq == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("budget", [256 << 20, 3 << 20])
+def test_two_row_scatter_leaves_the_statistics_unchanged(built, sample, calibration, monkeypatch, budget):
+    """Every point scattering into two rows (and with a small budget, only the first one), odd
+    sizes falling back to one row, must give the very counts and sums of one row."""
+    from quantlens.core.torch_engine import collector
+
+    monkeypatch.setattr(collector, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(collector, "PARALLEL_BYTES", budget)
+    monkeypatch.setattr(collector, "CHUNK", 301)  # odd chunks too
+    model, sites = built
+    forced = calibrate_batches(model, sample.batches(), [MODELS], sites)
+    for name, s in calibration.stats.items():
+        t = forced.stats[name]
+        assert np.array_equal(s.bins, t.bins) and np.array_equal(s.counts, t.counts), name
+        assert np.array_equal(s.sums, t.sums), name
