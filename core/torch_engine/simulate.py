@@ -260,13 +260,36 @@ def swapped_parameters(module: nn.Module, new: QuantizedWeights) -> Iterator[Non
 
 @contextmanager
 def quantized_weights(model: nn.Module, points: list[PointInfo], weights: dict[str, QuantizedWeights]) -> Iterator[None]:
-    """Every weight module of ``points`` with its quantized parameters, for one pass."""
+    """Every weight module of ``points`` with its quantized parameters, and every BatchNorm
+    folded into them an identity, for one pass (the BN's hooks still run; computing the BN
+    only to drop its output cost a sixth of audio_cnn's quantized pass)."""
     modules = dict(model.named_modules())
     with ExitStack() as stack:
         for p in points:
             if p.name in weights and p.weight_module:
                 stack.enter_context(swapped_parameters(modules[p.weight_module], weights[p.name]))
+                if p.folded_bn:
+                    stack.enter_context(_identity(modules[p.folded_bn]))
         yield
+
+
+@contextmanager
+def _identity(module: nn.Module) -> Iterator[None]:
+    """``module`` passing its input through, for one pass (a ``forward`` set on the instance
+    itself comes back after it)."""
+    own = module.__dict__.get("forward")
+    module.forward = _pass_through  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own  # type: ignore[method-assign]
+
+
+def _pass_through(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return x
 
 
 KEEP_OUTPUTS_BYTES = 64 << 20
