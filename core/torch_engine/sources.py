@@ -12,8 +12,9 @@ into the library. Which frames are "the workspace" is decided by
 A module built by library code also keeps the library's own line (``self.linear1 =
 Linear(...)`` inside ``TransformerEncoderLayer.__init__``), so an editor can open it beside
 the workspace line. Library code often builds copies (``copy.deepcopy`` of a layer, as
-``nn.TransformerEncoder`` does): a copy is never initialised, so ``nn.Module.__setstate__``
-is watched too and a copy takes the lines of the module it copies.
+``nn.TransformerEncoder`` does): a copy is never initialised, so ``copy.deepcopy`` and
+``copy.copy`` are wrapped too and every module of a copy takes the lines of the module it
+copies; a module restored by ``__setstate__`` some other way gets the line that restored it.
 """
 
 from __future__ import annotations
@@ -115,32 +116,39 @@ def record_construction(workspace: Workspace) -> Iterator[ConstructionSites]:
     def setstate(self: nn.Module, state: dict) -> None:
         original_setstate(self, state)
         try:
-            caller = sys._getframe(1)
-            copied = _copied_from(caller, self)
-            if copied is None or not sites.copied(self, copied):
-                record(self, caller)
+            record(self, sys._getframe(1))  # a copy's lines follow from copied() below
         except Exception:  # noqa: BLE001 - as above
             pass
 
+    def copied(original: object, duplicate: object) -> None:
+        if not (isinstance(original, nn.Module) and isinstance(duplicate, nn.Module)):
+            return
+        try:  # a copy has its original's structure, module by module in the same order
+            for a, b in zip(original.modules(), duplicate.modules(), strict=False):
+                sites.copied(b, a)
+        except Exception:  # noqa: BLE001 - as above
+            pass
+
+    def deepcopy(x: object, memo: dict | None = None, _nil: list = []) -> object:  # noqa: B006 - copy's own signature
+        y = original_deepcopy(x, memo, _nil)
+        copied(x, y)
+        return y
+
+    def shallow(x: object) -> object:
+        y = original_copy(x)
+        copied(x, y)
+        return y
+
+    original_deepcopy, original_copy = copy.deepcopy, copy.copy
     with _LOCK:
         nn.Module.__init__ = init  # type: ignore[method-assign]
         nn.Module.__setstate__ = setstate  # type: ignore[method-assign]
+        copy.deepcopy, copy.copy = deepcopy, shallow
         try:
             yield sites
         finally:
             nn.Module.__init__ = original  # type: ignore[method-assign]
             nn.Module.__setstate__ = original_setstate  # type: ignore[method-assign]
+            copy.deepcopy, copy.copy = original_deepcopy, original_copy
 
-
-def _copied_from(caller: FrameType, module: nn.Module) -> nn.Module | None:
-    """The module that ``module`` is a ``copy.copy``/``copy.deepcopy`` of: past the module's own
-    ``__setstate__`` overrides (``TransformerEncoderLayer`` has one), the copy module's
-    reconstruction step holds the original as ``x``. None for an unpickled module."""
-    frame: FrameType | None = caller
-    while frame is not None and frame.f_locals.get("self") is module:
-        frame = frame.f_back
-    if frame is None or frame.f_code is not copy._reconstruct.__code__:  # type: ignore[attr-defined]
-        return None
-    original = frame.f_locals.get("x")
-    return original if isinstance(original, nn.Module) and type(original) is type(module) else None
 
