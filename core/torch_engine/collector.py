@@ -151,7 +151,7 @@ class _Accumulator:
             lo, hi = torch.minimum(lo, self.extent[0]), torch.maximum(hi, self.extent[1])
         self.extent = (lo, hi)
 
-    def _unpack(self) -> None:
+    def _unpack(self, last: bool = False) -> None:
         """Move the packed cells into host int64 counts and bit sums of the occupied bins: at
         the end, and every 2^23 values before a cell could overflow (rare)."""
         if self.packed is None:
@@ -170,7 +170,10 @@ class _Accumulator:
                 counts[:, at] += part_counts
                 low[:, at] += part_low
         self.unpacked = (codes, counts, low)
-        self.packed = None  # the next tensor allocates fresh cells
+        if last:
+            self.packed = None  # the cells go with the calibration
+        elif self.packed is not None:
+            self.packed.zero_()
         self.since_unpack = 0
 
     def observe_inputs(self, inputs: list[torch.Tensor]) -> None:
@@ -199,7 +202,7 @@ class _Accumulator:
             self.input_channel_count += x.numel() // max(total.numel(), 1)
 
     def finish(self) -> PointStats:
-        self._unpack()
+        self._unpack(last=True)
         codes, counts_int, low = self.unpacked
         used = codes ^ histogram.OFFSET  # unsigned bit order -> histogram index
         order = np.argsort(used)
