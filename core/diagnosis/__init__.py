@@ -71,6 +71,7 @@ def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
     for rule in RULE_ORDER:
         findings.extend(rule(ctx))
     findings.extend(_unexplained(ctx, findings))
+    findings = _symptoms_as_information(findings)
     findings = [_with_library_lines(f, ctx) for f in findings]
     ignored = frozenset(ignore)
     findings = [f for f in findings if not matches(f, ignored) and not suppressed(f)]
@@ -193,6 +194,20 @@ def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
             ),
         ))
     return out
+
+
+def _symptoms_as_information(findings: list[Finding]) -> list[Finding]:
+    """A degraded-layer finding says where the error shows; when a warning names the cause at
+    that point (its weights, outliers, a setting), that one carries it and the symptom is
+    information, so the line warns once."""
+    explained: dict[str, str] = {}
+    for f in findings:
+        if f.rule not in NOT_A_CAUSE and f.severity.rank >= Severity.WARNING.rank:
+            for n in f.points:
+                explained.setdefault(n, f.rule)
+    return [dataclasses.replace(f, severity=Severity.INFO, evidence={**f.evidence, "explained_by": explained[f.points[0]]})
+            if f.rule == "degraded-layer" and f.severity is Severity.WARNING and f.points and f.points[0] in explained
+            else f for f in findings]
 
 
 def _order(result: AnalysisResult, finding: Finding) -> int:

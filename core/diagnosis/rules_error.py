@@ -14,6 +14,9 @@ from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
 
 WIDE_BITS = 16
+INHERITED_MARGIN_DB = 6.0
+"""A degraded point inherits its error when its own quantization passes the limits and its
+isolated SQNR is this much above its cumulative one (three quarters of the noise came from upstream)."""
 FEW_POINTS = 3
 """"One or a few" upstream points: when more fail on their own quantization, the problem is global."""
 
@@ -39,13 +42,20 @@ def degraded_layers(ctx: Context) -> list[Finding]:
                     "cumulative_sqnr_db": p.cumulative.sqnr_db, "isolated_sqnr_db": iso,
                     "cumulative_cosine": p.cumulative.cosine, "cumulative_mse": p.cumulative.mse}
         if p.isolated is not None:
-            # empty: the point fails only cumulatively, so its error is inherited from upstream
+            # empty: the point fails only cumulatively
             evidence["isolated_failed"] = ctx.failed(p.isolated, p.custom)
+            evidence["inherited"] = (not evidence["isolated_failed"]
+                                     and p.isolated.sqnr_db - p.cumulative.sqnr_db >= INHERITED_MARGIN_DB)
+        inherited = bool(evidence.get("inherited"))
         findings.append(Finding(
             rule="degraded-layer",
-            severity=Severity.WARNING,
+            # the warning belongs on the cause: a point whose own quantization passes only
+            # shows what it received (verification makes it a warning again if keeping it
+            # wide is what helps the output most)
+            severity=Severity.INFO if inherited else Severity.WARNING,
             message=(f"{p.name} is degraded by quantization: cumulative SQNR {p.cumulative.sqnr_db:.1f} dB, "
-                     f"cosine {p.cumulative.cosine:.4f} (isolated SQNR {iso:.1f} dB)"),
+                     f"cosine {p.cumulative.cosine:.4f} (isolated SQNR {iso:.1f} dB"
+                     + ("; the error comes from upstream)" if inherited else ")")),
             points=(p.name,),
             locations=ctx.locations(p),
             evidence=evidence,

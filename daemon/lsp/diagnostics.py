@@ -100,17 +100,17 @@ def _shown(finding: Finding, causes: _Causes) -> _Shown:
 
 
 def _inherited(finding: Finding) -> list[str]:
-    """The points of a degraded-layer finding when none of them fails by its own quantization.
+    """The points of a degraded-layer finding when every one inherits its error from upstream.
 
-    ``isolated_failed`` (the metrics a point fails in isolation) is empty for a point whose error
-    comes from upstream; an aggregated finding counts only when every point it covers does (an
-    entry without its own ``isolated_failed`` is judged by the finding's, its representative's).
+    ``inherited`` is the core's judgement (rules_error.degraded_layers); an aggregated finding
+    counts only when every point it covers inherits (an entry without its own ``inherited`` is
+    judged by the finding's, its representative's).
     """
-    if finding.rule != "degraded-layer" or "isolated_failed" not in finding.evidence:
+    if finding.rule != "degraded-layer" or "inherited" not in finding.evidence:
         return []
-    own = finding.evidence["isolated_failed"]
+    own = finding.evidence["inherited"]
     entries = finding.evidence.get("aggregated") or [{"point": name} for name in finding.points]
-    if any(entry.get("isolated_failed", own) for entry in entries):
+    if not all(entry.get("inherited", own) for entry in entries):
         return []
     return [entry["point"] for entry in entries]
 

@@ -118,7 +118,8 @@ def test_deit_inherited_layers_are_information_naming_the_cause(results: dict[st
     result = results["deit_tiny"]
     degraded = [f for f in result.findings if f.rule == "degraded-layer"]
     assert len(degraded) >= 10 and all(_inherited(result, f) for f in degraded)
-    assert all(f.evidence["isolated_failed"] == {} for f in degraded)
+    assert all(f.evidence["isolated_failed"] == {} and f.evidence["inherited"] for f in degraded)
+    assert all(f.severity is Severity.INFO for f in degraded)  # in the core too: CLI, SARIF and editor agree
     diagnostics = _convert(result)
     fc1 = result.point("blocks.2.mlp.fc1")
     # the cause is where first-divergence says the damage starts (it runs before fc1)
@@ -126,17 +127,19 @@ def test_deit_inherited_layers_are_information_naming_the_cause(results: dict[st
     assert cause.info.order < fc1.info.order
     assert fc1.info.source is not None and cause.info.source is not None
     d = _at(diagnostics, fc1.info.source.file, fc1.info.source.line)
-    assert d.severity == types.DiagnosticSeverity.Information and d.code == "degraded-layer"
-    assert d.message.splitlines()[0] == (
-        f"blocks.2.mlp.fc1 inherits its error from {cause.name} (cumulative SQNR {fc1.cumulative.sqnr_db:.1f} dB; "
-        f"its own quantization alone keeps {fc1.isolated.sqnr_db:.1f} dB)")
-    assert d.message.splitlines()[1].startswith("also shift-negative: ")
+    assert d.severity == types.DiagnosticSeverity.Information  # every finding on the line is information
+    inherits = (f"blocks.2.mlp.fc1 inherits its error from {cause.name} (cumulative SQNR {fc1.cumulative.sqnr_db:.1f} "
+                f"dB; its own quantization alone keeps {fc1.isolated.sqnr_db:.1f} dB)")
+    lines = d.message.splitlines()
+    assert lines[0] == inherits if d.code == "degraded-layer" else f"also degraded-layer: {inherits}" in lines
+    assert {d.code, *(line.split(":")[0].removeprefix("also ") for line in lines[1:])} >= {"degraded-layer",
+                                                                                          "shift-negative"}
     at_cause = [r for r in d.related_information or [] if r.location.range.start.line == cause.info.source.line - 1]
     if cause.info.source == fc1.info.source:  # both made by the same line (a loop): no pointer to itself
         assert not at_cause
     else:
         assert len(at_cause) == 1 and at_cause[0].location.uri == from_fs_path(cause.info.source.file)
-    lead = d.data["findings"][0]
+    lead = next(f for f in d.data["findings"] if f["rule"] == "degraded-layer")
     assert lead["severity"] == "info" and lead["evidence"]["inherited_from"] == cause.name
     assert lead["recommendation"]["config"] == {'overrides."blocks.2.mlp.fc1"': {"activation_n_bits": 16,
                                                                               "weights_n_bits": 16}}
@@ -166,19 +169,28 @@ def test_the_one_warning_is_the_verified_fix_and_unfelt_damage_is_information(
 def test_aggregated_inherited_findings_name_their_cause(results: dict[str, AnalysisResult]) -> None:
     result = results["per_tensor_weights"]
     group = next(f for f in result.findings
-                 if f.rule == "degraded-layer" and f.points == ("blocks.2.dw", "blocks.3.dw"))
-    assert [e["point"] for e in group.evidence["aggregated"]] == ["blocks.2.dw", "blocks.3.dw"]
-    assert not _fails_alone(result.point("blocks.2.dw"))
-    cause = result.point("blocks.1.project")  # first-divergence, before both
+                 if f.rule == "degraded-layer" and f.points == ("blocks.2.project", "blocks.3.project"))
+    assert [e["point"] for e in group.evidence["aggregated"]] == ["blocks.2.project", "blocks.3.project"]
+    assert not any(_fails_alone(result.point(n)) for n in group.points)
     d = _at(_convert(result), group.locations[0].file, group.locations[0].line)
-    assert d.code == "weight-precision" and d.severity == types.DiagnosticSeverity.Warning
+    # the line also creates blocks.1.project, the cause: its warnings lead
+    assert d.severity == types.DiagnosticSeverity.Warning and d.data["findings"][0]["points"][0] == "blocks.1.project"
     shown = next(f for f in d.data["findings"] if f["rule"] == "degraded-layer")
     assert shown["severity"] == "info"
-    assert shown["message"].startswith("blocks.2.dw and 1 other point created at this line inherit their error from "
-                                       "blocks.1.project (blocks.2.dw: cumulative SQNR ")
+    assert shown["message"].startswith("blocks.2.project and 1 other point created at this line inherit their error "
+                                       "from blocks.1.project (blocks.2.project: cumulative SQNR ")
     assert f"also degraded-layer: {shown['message']}" in d.message.splitlines()
-    assert cause.info.source is not None
-    assert cause.info.source.line - 1 in {r.location.range.start.line for r in d.related_information or []}
+
+
+def test_a_degraded_point_whose_cause_a_warning_names_is_information(results: dict[str, AnalysisResult]) -> None:
+    """blocks.2.dw fails on its own (isolated 10.4 dB): weight-precision names why, on the same
+    line, so that warning is the line's and degraded-layer rides along as information."""
+    result = results["per_tensor_weights"]
+    dw = next(f for f in result.findings if f.rule == "degraded-layer" and f.points[0] == "blocks.2.dw")
+    assert dw.severity is Severity.INFO and dw.evidence["explained_by"] == "weight-precision"
+    assert not dw.evidence["inherited"]  # its own quantization is to blame, not upstream
+    d = _at(_convert(result), dw.locations[0].file, dw.locations[0].line)
+    assert d.severity == types.DiagnosticSeverity.Warning and d.code == "weight-precision"
 
 
 def test_a_group_with_a_point_failing_alone_stays_a_warning(results: dict[str, AnalysisResult], tmp_path: Path) -> None:
@@ -188,7 +200,7 @@ def test_a_group_with_a_point_failing_alone_stays_a_warning(results: dict[str, A
     model = tmp_path / "m.py"
     model.write_text("a = 1\nb = 2\n", encoding="utf-8")
     entries = [{"point": base.points[0], "message": "m"}, {"point": "blocks.2.attn.k", "message": "m",
-                                                          "isolated_failed": {"sqnr": 0.05}}]
+                                                          "isolated_failed": {"sqnr": 0.05}, "inherited": False}]
     mixed = dataclasses.replace(base, points=(base.points[0], "blocks.2.attn.k"), locations=(Location(str(model), 2),),
                                 evidence={**base.evidence, "aggregated": entries})
     d = _at(_convert(dataclasses.replace(result, findings=[mixed])), str(model), 2)
@@ -202,11 +214,12 @@ def test_an_estimated_inherited_layer_still_says_it_is_an_estimate(results: dict
                                     evidence={**fc1.evidence, "estimate": True})
     findings = [estimated if f is fc1 else f for f in result.findings]
     d = _at(_convert(dataclasses.replace(result, findings=findings)), fc1.locations[0].file, fc1.locations[0].line)
-    first = d.message.splitlines()[0]
     cause = next(f.points[0] for f in result.findings if f.rule == "first-divergence")
-    assert first.startswith(f"blocks.2.mlp.fc1 inherits its error from {cause} (")
-    assert first.endswith(ESTIMATE_NOTE)
-    assert d.data["findings"][0]["evidence"]["estimate"] is True
+    mine = [line.removeprefix("also degraded-layer: ") for line in d.message.splitlines()
+            if "blocks.2.mlp.fc1 inherits" in line]
+    assert len(mine) == 1 and mine[0].startswith(f"blocks.2.mlp.fc1 inherits its error from {cause} (")
+    assert mine[0].endswith(ESTIMATE_NOTE)
+    assert next(f for f in d.data["findings"] if f["rule"] == "degraded-layer")["evidence"]["estimate"] is True
 
 
 def test_findings_sharing_a_line_merge_ties_keep_the_core_order(results: dict[str, AnalysisResult]) -> None:
