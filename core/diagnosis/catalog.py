@@ -21,7 +21,8 @@ class RuleInfo:
 
 RULES: dict[str, RuleInfo] = {r.id: r for r in [
     RuleInfo("degraded-layer", "Degraded layer",
-             "A point whose quantization error passes threshold_quantize_error (normalised MSE, cosine and SQNR).",
+             "A point whose quantization error passes threshold_quantize_error (normalised MSE, cosine and SQNR); "
+             "information where the error is inherited from upstream or another warning names its cause.",
              Severity.WARNING),
     RuleInfo("outliers-zscore", "Activation outliers (z-score)",
              "Values beyond threshold_zscore_outlier_removal standard deviations stretch the quantization range.",
