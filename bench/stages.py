@@ -106,12 +106,13 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "",
         "What scales with the data (calibrate: every batch; simulate and verify: the first "
         "`num_simulation_batches`, 2 by default) is near its floor on a model whose forward does real work "
-        "(audio_cnn, shaped like the audio networks of issue #9: calibration about 2.5x, the simulation of 2 of 8 "
-        "batches about 1x, each verified change about 0.3x; `audio_cnn:activation_n_bits=6` is the same model at "
+        "(audio_cnn, shaped like the audio networks of issue #9: calibration about 2x, that is the forward once "
+        "plus the statistics of every value, about as much again; the simulation of 2 of 8 batches about 0.9x; "
+        "each verified change about 0.3x; `audio_cnn:activation_n_bits=6` is the same model at "
         "6-bit activations, where there are findings and their fixes are verified). What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
         "small fixtures, whose whole forward takes 1-13 ms, is tens of forwards: there *total, ms* is the number "
-        "that matters for a save.",
+        "that matters for a save. Between runs on this shared machine a ratio moves by up to 10%.",
         "",
         "| fixture | batches (simulated) | changes verified | plain forward | calibrate | thresholds | simulate "
         "| choose | verify | **total** | total, ms | final diagnosis |",
