@@ -158,6 +158,7 @@ def calibrate_batches(
                     with Instrumentation(model, recording):
                         output = run_forward(model, batch, roots, count)
                     points = discovery.points()
+                    del discovery  # what it kept alive goes with the recording, after the replay
                 if not any(p.kind != "input" for p in points):  # the input alone: nothing is computed
                     raise QuantlensError([Problem(
                         "no quantization points found: the model has no conv, linear, activation or "
