@@ -84,6 +84,9 @@ class AnalysisResult:
     """The config entry that names the data function."""
     config_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    simulation_batches: int = 0
+    """How many of the calibration batches the errors and the verification were measured on
+    (the first ``num_simulation_batches``; 0: not measured)."""
     verified: list[Verification] = field(default_factory=list)
     """The re-simulated changes, when measured under ``settings`` (rules may read them: one
     point kept wide that recovers the output means the problem is not global)."""
@@ -112,6 +115,7 @@ class AnalysisResult:
                 "num_batches": self.calibration.num_batches,
                 "num_samples": self.calibration.num_samples,
                 "input_signature": self.calibration.input_signature,
+                "simulation_batches": self.simulation_batches,
             },
             "output": self.output.to_json(),
             "sensitivity": self.sensitivity,

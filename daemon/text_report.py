@@ -67,7 +67,8 @@ def format_summary(result: AnalysisResult) -> str:
         f"{s.weights_n_bits}-bit {s.weights_error_method.value}"
         f"{' per-channel' if s.weights_per_channel_threshold else ' per-tensor'}, "
         f"{'power-of-two' if s.power_of_two_thresholds else 'free'} thresholds, z_threshold={s.z_threshold:g}",
-        f"model output: SQNR {out.error.sqnr_db:.1f} dB, cosine {out.error.cosine:.5f}"
+        f"model output{sampled(result.simulation_batches, result.calibration.num_batches)}: "
+        f"SQNR {out.error.sqnr_db:.1f} dB, cosine {out.error.cosine:.5f}"
         + (f", top-1 agreement {100 * out.top1_agreement:.1f}%" if out.top1_agreement is not None else ""),
     ]
     for key in sorted(set(out.float_eval) | set(out.quant_eval)):
@@ -78,6 +79,15 @@ def format_summary(result: AnalysisResult) -> str:
     parts.append("SQNR is 20*log10(||x|| / ||x - q||) in dB: isolated = this point's own quantization on float "
                  "inputs, cumulative = the fully quantized model at this point.")
     return "\n".join(p for p in parts if p)
+
+
+def sampled(simulation_batches: int, num_batches: int) -> str:
+    """Where the errors come from, when not from every calibration batch: the numbers of a
+    sample move by a dB or two against every batch's (``num_simulation_batches = "all"``)."""
+    if not 0 < simulation_batches < num_batches:
+        return ""
+    return f" (errors measured on the first {simulation_batches} of {num_batches} batches)"
+
 
 
 def format_findings(result: AnalysisResult, root: Path | None) -> str:

@@ -24,7 +24,7 @@ from quantlens.core.findings import Finding
 from quantlens.core.result import AnalysisResult
 from quantlens.daemon.report import plots
 from quantlens.daemon.report.payload import edges_and_counts, number, with_pictures
-from quantlens.daemon.text_report import HEADER, RIGHT, relative, toml_value
+from quantlens.daemon.text_report import HEADER, RIGHT, relative, sampled, toml_value
 
 SQNR_DEFINITION = "SQNR in dB: 20*log10(||x||/||x-q||)"
 
@@ -156,7 +156,8 @@ def _summary(payload: dict[str, Any]) -> str:
         ("model", payload["model"] or "-"),
         ("data", payload["data"] or "-"),
         ("config", payload["config_file"] or "-"),
-        ("calibration", f"{cal['num_samples']} samples in {cal['num_batches']} batches ({cal['input_signature']})"),
+        ("calibration", f"{cal['num_samples']} samples in {cal['num_batches']} batches ({cal['input_signature']})"
+                        + sampled(cal.get("simulation_batches", 0), cal["num_batches"])),
         ("points", str(len(payload["points"]))),
         ("output SQNR", f"{number(out['sqnr_db']):.1f} dB"),
         ("output cosine", f"{number(out['cosine']):.5f}"),

@@ -428,3 +428,22 @@ def test_sys_exit_in_user_code_exits_2_from_the_console_script(tmp_path: Path) -
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert proc.stderr.startswith(_marked(project / "model.py", "forward"))
     assert "called sys.exit(3)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_summary_says_how_many_batches_the_errors_come_from(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "result.json"
+    code, out, _ = _run(["check", str(MODELS), "--model", f"{SAMPLE}:build", "--data", f"{SAMPLE}:batches",
+                         "--no-progress", "--set", "num_calibration_batches=3", "--set", "num_simulation_batches=1",
+                         "--fail-on", "never", "--json", str(saved)], capsys)
+    assert code == EXIT_OK
+    assert "model output (errors measured on the first 1 of 3 batches): SQNR " in out
+    payload = json.loads(saved.read_text())
+    assert payload["calibration"]["num_batches"] == 3 and payload["calibration"]["simulation_batches"] == 1
+    page = tmp_path / "page"
+    assert main(["report", "--from-json", str(saved), "--out", str(page)]) == EXIT_OK
+    assert "errors measured on the first 1 of 3 batches" in (page / "index.html").read_text()
+
+
+def test_errors_from_every_batch_say_nothing_more(sample_run: dict) -> None:
+    assert sample_run["calibration"]["simulation_batches"] == sample_run["calibration"]["num_batches"] == 2
