@@ -170,9 +170,9 @@ def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
     A point that is fine in isolation but degraded cumulatively inherits upstream error:
     first-divergence names where that starts, so it is not "unexplained".
     """
-    explained = {n for f in findings if f.rule not in NOT_A_CAUSE for n in f.points}
+    explained = _causes(findings, Severity.INFO)
     out = []
-    for name in sorted(ctx.degraded - explained):
+    for name in sorted(ctx.degraded - set(explained)):
         p = ctx.by_name[name]
         if p.isolated is not None and not ctx.failed(p.isolated, p.custom):
             continue
@@ -196,15 +196,21 @@ def _unexplained(ctx: Context, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def _causes(findings: list[Finding], at_least: Severity) -> dict[str, str]:
+    """Point -> the rule of the first finding of at least ``at_least`` that names its cause."""
+    named: dict[str, str] = {}
+    for f in findings:
+        if f.rule not in NOT_A_CAUSE and f.severity.rank >= at_least.rank:
+            for n in f.points:
+                named.setdefault(n, f.rule)
+    return named
+
+
 def _symptoms_as_information(findings: list[Finding]) -> list[Finding]:
     """A degraded-layer finding says where the error shows; when a warning names the cause at
     that point (its weights, outliers, a setting), that one carries it and the symptom is
     information, so the line warns once."""
-    explained: dict[str, str] = {}
-    for f in findings:
-        if f.rule not in NOT_A_CAUSE and f.severity.rank >= Severity.WARNING.rank:
-            for n in f.points:
-                explained.setdefault(n, f.rule)
+    explained = _causes(findings, Severity.WARNING)
     return [dataclasses.replace(f, severity=Severity.INFO, evidence={**f.evidence, "explained_by": explained[f.points[0]]})
             if f.rule == "degraded-layer" and f.severity is Severity.WARNING and f.points and f.points[0] in explained
             else f for f in findings]

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.stats import BatchShapes, CalibrationResult, PointInfo
 from quantlens.core.torch_engine.collector import Collector
 from quantlens.core.torch_engine.discovery import Discovery
 from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, tensor_inputs
+from quantlens.core.torch_engine.kept import Kept, Versions, unchanged
 from quantlens.core.torch_engine.loading import Batch, to_batch, user_failure
 from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
+from torch import nn
 
 Progress = Callable[[int, int | None], None]
 """Called with (batches done, total or None) after every batch."""
@@ -41,11 +41,8 @@ class _Recording:
     def __init__(self, discovery: Discovery, model_input: torch.Tensor | None):
         self.discovery = discovery
         self.tensor_op = discovery.tensor_op
-        self.calls: list[tuple[str, tuple[Any, ...], list[tuple[torch.Tensor, int]]]] = []
-        self.kept: set[int] = set()
-        self.bytes = 0
-        self.complete = True
-        """False once a tensor without a version counter or the byte budget is met."""
+        self.kept = Kept(RECORD_BYTES)
+        self.calls: list[tuple[str, tuple[Any, ...], Versions]] = []
         self._keep("model_input", (model_input,), [model_input])
 
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -63,37 +60,19 @@ class _Recording:
                    [first_tensor(output), *tensor_inputs(op, args, kwargs)])
 
     def _keep(self, kind: str, call: tuple[Any, ...], read: list[Any]) -> None:
-        if not self.complete:
-            return
-        versions = []
-        for t in read:
-            if not isinstance(t, torch.Tensor):
-                continue
-            try:
-                versions.append((t, t._version))
-            except RuntimeError:  # an inference tensor counts no versions: nothing proves it unchanged
-                self._drop()
-                return
-            if id(t) not in self.kept:
-                self.kept.add(id(t))
-                self.bytes += t.numel() * t.element_size()
-        if self.bytes > RECORD_BYTES:
-            self._drop()
-            return
-        self.calls.append((kind, call, versions))
-
-    def _drop(self) -> None:
-        self.complete = False
-        self.calls.clear()
+        versions = self.kept.versions(read)
+        if versions is None:
+            self.calls.clear()
+        else:
+            self.calls.append((kind, call, versions))
 
     def replay(self, collector: Collector) -> bool:
         """Feed ``collector`` the recorded calls, as a forward under its instrumentation
         would; False (and nothing fed) when a tensor it reads changed after its call."""
-        if not self.complete:
+        if not self.kept.complete:
             return False
         for kind, call, versions in self.calls:
-            read = kind == "model_input" or collector.reads(kind, call[0])
-            if read and any(t._version != v for t, v in versions):
+            if (kind == "model_input" or collector.reads(kind, call[0])) and not unchanged(versions):
                 return False
         for kind, call, _ in self.calls:
             getattr(collector, kind)(*call)

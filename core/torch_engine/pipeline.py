@@ -8,25 +8,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from quantlens.core.activations import ActivationQuant, SearchMemo, quantize_activations
 from quantlens.core.changes import Change, apply_change
 from quantlens.core.config import SIMULATION_BATCHES, ProjectConfig
 from quantlens.core.diagnosis.rules_error import keep_wide
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.errors import Location
-from quantlens.core.measurements import WEIGHT_SETTINGS, Measurements, OutputMetrics, PointMeasurement, Verification, weight_key
+from quantlens.core.measurements import (
+    WEIGHT_SETTINGS,
+    Measurements,
+    OutputMetrics,
+    PointMeasurement,
+    Verification,
+    weight_key,
+)
 from quantlens.core.rediagnose import assemble, judge, rediagnose
 from quantlens.core.result import AnalysisResult
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
 from quantlens.core.torch_engine.calibrate import as_batches, calibrate_batches, model_device
 from quantlens.core.torch_engine.folding import quantize_model_weights
+from quantlens.core.torch_engine.kept import Kept, Versions, unchanged
 from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
-from quantlens.core.torch_engine.simulate import Metric, QuantizedWeights, Variant, resimulate, simulate
+from quantlens.core.torch_engine.simulate import (
+    Metric,
+    QuantizedWeights,
+    Variant,
+    resimulate,
+    simulate,
+)
 from quantlens.core.torch_engine.sources import ConstructionSites
 from quantlens.core.verification import candidates
+from torch import nn
 
 BatchSource = Callable[[], Iterable[Any]]
 """Something that gives a fresh pass over the data each time it is called."""
@@ -120,25 +133,22 @@ class _KeptBatches:
 
     def __init__(self, read: Callable[[], Iterable[Batch]]):
         self.read = read
-        self.kept: list[tuple[Batch, list[tuple[torch.Tensor, int]]]] | None = None
+        self.kept: list[tuple[Batch, Versions]] | None = None
 
     def __call__(self) -> Iterable[Batch]:
-        if self.kept is not None and all(t._version == v for _, versions in self.kept for t, v in versions):
+        if self.kept is not None and all(unchanged(versions) for _, versions in self.kept):
             return [batch for batch, _ in self.kept]
         return self._keep()
 
     def _keep(self) -> Iterator[Batch]:
-        kept: list[tuple[Batch, list[tuple[torch.Tensor, int]]]] | None = []
-        size = 0
+        kept = Kept(KEEP_BATCHES_BYTES)
+        batches: list[tuple[Batch, Versions]] = []
         for batch in self.read():
-            tensors = [t for t in (*batch.args, *batch.kwargs.values()) if isinstance(t, torch.Tensor)]
-            size += sum(t.numel() * t.element_size() for t in tensors)
-            if kept is not None and size <= KEEP_BATCHES_BYTES and not any(t.is_inference() for t in tensors):
-                kept.append((batch, [(t, t._version) for t in tensors]))
-            else:
-                kept = None
+            versions = kept.versions((*batch.args, *batch.kwargs.values()))
+            if versions is not None:
+                batches.append((batch, versions))
             yield batch
-        self.kept = kept  # only a read to the end is kept
+        self.kept = batches if kept.complete else None  # only a read to the end is kept
 
 
 class _Variants:
