@@ -13,6 +13,7 @@ a model may accept inputs of another length and silently fold samples into rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.stats import BatchShapes, CalibrationResult, PointInfo
 from quantlens.core.torch_engine.collector import Collector
 from quantlens.core.torch_engine.discovery import Discovery
-from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, tensor_inputs
-from quantlens.core.torch_engine.kept import Kept, Versions, unchanged
+from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor
+from quantlens.core.torch_engine.kept import Kept, Recording, Versions
 from quantlens.core.torch_engine.loading import Batch, to_batch, user_failure
 from quantlens.core.torch_engine.sources import ConstructionSites, Workspace
 from torch import nn
@@ -30,53 +31,46 @@ from torch import nn
 Progress = Callable[[int, int | None], None]
 """Called with (batches done, total or None) after every batch."""
 RECORD_BYTES = 256 << 20
-"""Most tensor bytes the discovery forward keeps for replay; beyond, the first batch reruns."""
+"""Most tensor bytes the discovery forward keeps for replay; beyond, the first batch reruns.
+The recordings kept for the simulation share a budget of the same size."""
+KEEP_BATCHES_BYTES = 256 << 20
+"""The simulated batches are kept for the simulation and its re-simulations while their
+tensors take at most this much; beyond, the simulation reads the data function again."""
 
 
-class _Recording:
-    """Discovery's handler that also keeps each hook call of the forward, with the version
-    counter of every tensor a collector would read from it, so the collectors can be fed
-    the first batch without a second forward."""
+@dataclass
+class Forwards:
+    """The first ``count`` calibration batches (None: all) and what their float forwards'
+    hooks saw, kept for the simulation within ``budget`` bytes of activations: its float pass
+    replays them instead of running each batch again (the simulated batches are the first
+    ones). A batch whose recording passed the budget keeps None and is run again."""
 
-    def __init__(self, discovery: Discovery, model_input: torch.Tensor | None):
-        self.discovery = discovery
-        self.tensor_op = discovery.tensor_op
-        self.kept = Kept(RECORD_BYTES)
-        self.calls: list[tuple[str, tuple[Any, ...], Versions]] = []
-        self._keep("model_input", (model_input,), [model_input])
+    count: int | None
+    budget: int = RECORD_BYTES
+    batches: list[tuple[Batch, Versions]] = field(default_factory=list)
+    recordings: list[Recording | None] = field(default_factory=list)
+    complete: bool = True
+    """Whether every wanted batch was kept (batch tensors within KEEP_BATCHES_BYTES)."""
 
-    def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.discovery.module_input(name, module, args)
-        self._keep("module_input", (name, module, args), args[:1])
+    def wants(self, index: int) -> bool:
+        return self.count is None or index < self.count
 
-    def module_output(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.discovery.module_output(name, module, args, output)
-        self._keep("module_output", (name, module, args, output), [first_tensor(output)])
+    @property
+    def left(self) -> int:
+        """The budget left for the next batch's recording."""
+        return self.budget - sum(r.bytes for r in self.recordings if r is not None)
 
-    def function_output(self, key: str, op: str, func: Callable, args: tuple[Any, ...],
-                        kwargs: dict[str, Any], output: Any) -> None:
-        self.discovery.function_output(key, op, func, args, kwargs, output)
-        self._keep("function_output", (key, op, func, args, kwargs, output),
-                   [first_tensor(output), *tensor_inputs(op, args, kwargs)])
-
-    def _keep(self, kind: str, call: tuple[Any, ...], read: list[Any]) -> None:
-        versions = self.kept.versions(read)
+    def add(self, batch: Batch, versions: Versions | None, recording: Recording | None) -> None:
         if versions is None:
-            self.calls.clear()
-        else:
-            self.calls.append((kind, call, versions))
+            self.complete = False
+            self.batches, self.recordings = [], []
+        if self.complete:
+            self.batches.append((batch, versions or []))
+            self.recordings.append(recording if recording is not None and recording.kept.complete else None)
 
-    def replay(self, collector: Collector) -> bool:
-        """Feed ``collector`` the recorded calls, as a forward under its instrumentation
-        would; False (and nothing fed) when a tensor it reads changed after its call."""
-        if not self.kept.complete:
-            return False
-        for kind, call, versions in self.calls:
-            if (kind == "model_input" or collector.reads(kind, call[0])) and not unchanged(versions):
-                return False
-        for kind, call, _ in self.calls:
-            getattr(collector, kind)(*call)
-        return True
+    def release(self) -> None:
+        """Let the recorded activations go (the batches stay, for the re-simulations)."""
+        self.recordings = []
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -113,10 +107,12 @@ def calibrate_batches(
     total: int | None = None,
     points: list[PointInfo] | None = None,
     limit: int | None = None,
+    forwards: Forwards | None = None,
 ) -> CalibrationResult:
     """Statistics of every point over ``batches``; ``points`` skips discovery (e.g. to
     measure validation data at the calibration's points). ``limit`` is the
-    ``num_calibration_batches`` cap ``batches`` were read under, recorded for the dataset rule."""
+    ``num_calibration_batches`` cap ``batches`` were read under, recorded for the dataset rule.
+    ``forwards`` is filled with the leading batches and their recorded forwards, for the simulation."""
     model.eval()
     device = model_device(model)
     workspace = Workspace(roots)
@@ -124,18 +120,21 @@ def calibrate_batches(
     count = samples = 0
     signature = ""
     shapes = BatchShapes()
+    kept_batches = Kept(KEEP_BATCHES_BYTES)
     if progress:
         progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for batch in as_batches(batches, device):
-            recording: _Recording | None = None
+            keep = forwards is not None and forwards.wants(count)
+            recording: Recording | None = None
             if collector is None:
                 if points is None:
                     discovery = Discovery(model, workspace, sites)
                     discovery.model_inputs([*batch.args, *batch.kwargs.values()], _input_source(batch, model, sites))
-                    recording = _Recording(discovery, batch.input)
+                    recording = Recording(discovery, batch.input, RECORD_BYTES)
                     with Instrumentation(model, recording):
                         output = run_forward(model, batch, roots, count)
+                    recording.finish(first_tensor(output))
                     points = discovery.points()
                     del discovery  # what it kept alive goes with the recording, after the replay
                 if not any(p.kind != "input" for p in points):  # the input alone: nothing is computed
@@ -146,11 +145,20 @@ def calibrate_batches(
                 instrumentation = Instrumentation(model, collector, watched=collector.watched)
                 signature = _signature(batch)
             collector.half = count % 2
-            if recording is None or not recording.replay(collector):
+            if recording is None or not recording.replay(collector, collector.reads):
                 collector.model_input(batch.input)
-                with instrumentation:
-                    output = run_forward(model, batch, roots, count)
-            recording = None  # the first batch's tensors go
+                if keep and forwards.left > 0:  # type: ignore[union-attr]  # recorded for the simulation's float pass
+                    recording = Recording(collector, batch.input, forwards.left)  # type: ignore[union-attr]
+                    with Instrumentation(model, recording, watched=collector.watched):
+                        output = run_forward(model, batch, roots, count)
+                    recording.finish(first_tensor(output))
+                else:
+                    recording = None
+                    with instrumentation:
+                        output = run_forward(model, batch, roots, count)
+            if keep:
+                forwards.add(batch, kept_batches.versions((*batch.args, *batch.kwargs.values())), recording)  # type: ignore[union-attr]
+            recording = None  # this batch's tensors go, unless kept for the simulation
             shapes.observe(count, _shape(batch.input) or [], _shape(first_tensor(output)))
             count += 1
             samples += batch.size

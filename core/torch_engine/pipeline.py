@@ -26,7 +26,7 @@ from quantlens.core.rediagnose import assemble, judge, rediagnose
 from quantlens.core.result import AnalysisResult
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo
-from quantlens.core.torch_engine.calibrate import as_batches, calibrate_batches, model_device
+from quantlens.core.torch_engine.calibrate import KEEP_BATCHES_BYTES, Forwards, as_batches, calibrate_batches, model_device
 from quantlens.core.torch_engine.folding import quantize_model_weights
 from quantlens.core.torch_engine.kept import Kept, Versions, unchanged
 from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batches, load_function
@@ -68,10 +68,13 @@ def measure(
     sensitivity: bool = False,
     simulation_batches: int | None = SIMULATION_BATCHES,
     memo: SearchMemo | None = None,
+    forwards: Forwards | None = None,
 ) -> Measurements:
     """Everything after calibration that needs the model: the simulation (on the first
     ``simulation_batches`` batches; None: all), the weights, the verification of the changes
-    ``choose`` picks from its diagnosis, and with ``sensitivity`` the sensitivity search."""
+    ``choose`` picks from its diagnosis, and with ``sensitivity`` the sensitivity search.
+    ``forwards``: the simulated batches and their float forwards, kept by the calibration that
+    just ran (None: the batches are read again and their float passes run)."""
     timings = timings if timings is not None else {}
     memo = memo if memo is not None else SearchMemo()
     start = time.perf_counter()
@@ -83,14 +86,19 @@ def measure(
     count = calibration.num_batches if simulation_batches is None else min(simulation_batches, calibration.num_batches)
 
     device = model_device(model)
-    simulated = _KeptBatches(lambda: as_batches(_limited(batches(), count), device))
+    seeded = forwards is not None and forwards.complete and len(forwards.batches) == count
+    simulated = _KeptBatches(lambda: as_batches(_limited(batches(), count), device),
+                             forwards.batches if seeded else None)  # type: ignore[union-attr]
 
     start = time.perf_counter()
     sim = simulate(
         model, calibration.points, acts, weights, simulated(), roots,
         metrics=metrics, validation=validation() if validation else None, evaluate=evaluate,
         progress=_stage(progress, "simulate"), total=count, keep_outputs=True,
+        recordings=forwards.recordings if seeded else None,  # type: ignore[union-attr]
     )
+    if forwards is not None:
+        forwards.release()
     timings["simulate"] = time.perf_counter() - start
     points = {p.name: PointMeasurement(sim.isolated.get(p.name), sim.cumulative.get(p.name), sim.custom.get(p.name, {}))
               for p in calibration.points}
@@ -120,20 +128,17 @@ def measure(
     return measurements
 
 
-KEEP_BATCHES_BYTES = 256 << 20
-"""The simulated batches are kept for the re-simulations while they take at most this much."""
-
-
 class _KeptBatches:
-    """The simulated batches, read from the data function once and kept (up to
-    KEEP_BATCHES_BYTES), so the verification and the sensitivity search run on the very batches
+    """The simulated batches, kept by the calibration or read from the data function once and
+    kept (up to KEEP_BATCHES_BYTES), so the verification and the sensitivity search run on the very batches
     the simulation did: their float outputs are the simulation's, and a data function that
     draws at random would give other batches on a second read. Read again when too large,
     or when a forward changed a kept tensor in place."""
 
-    def __init__(self, read: Callable[[], Iterable[Batch]]):
+    def __init__(self, read: Callable[[], Iterable[Batch]], kept: list[tuple[Batch, Versions]] | None = None):
         self.read = read
-        self.kept: list[tuple[Batch, Versions]] | None = None
+        self.kept = kept
+        """The batches with their tensors' versions: calibration's, or those of the first read."""
 
     def __call__(self) -> Iterable[Batch]:
         if self.kept is not None and all(unchanged(versions) for _, versions in self.kept):
@@ -231,8 +236,10 @@ def analyze_model(
     diagnosis = diagnosis or DiagnosisSettings()
     memo = SearchMemo()
     start = time.perf_counter()
+    forwards = Forwards(simulation_batches)
     calibration = calibrate_batches(
         model, _limited(batches(), limit), roots, sites, progress=_stage(progress, "calibrate"), limit=limit,
+        forwards=forwards,
     )
     timings["calibrate"] = time.perf_counter() - start
 
@@ -247,7 +254,8 @@ def analyze_model(
 
     measurements = measure(model, calibration, lambda: _limited(batches(), limit), settings, roots, metrics=metrics,
                            validation=validation, evaluate=evaluate, progress=progress, timings=timings,
-                           choose=choose, sensitivity=sensitivity, simulation_batches=simulation_batches, memo=memo)
+                           choose=choose, sensitivity=sensitivity, simulation_batches=simulation_batches, memo=memo,
+                           forwards=forwards)
     start = time.perf_counter()
     result = judged(measurements)
     timings["diagnose"] = time.perf_counter() - start
@@ -279,11 +287,13 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
         assert validation_ref is not None
         return iterate_batches(validation_ref, roots, device, with_labels=True)
 
+    forwards: Forwards | None = None
     if calibration is None:
         start = time.perf_counter()
+        forwards = Forwards(config.num_simulation_batches)
         calibration = calibrate_batches(model, batches(), roots, sites,
                                         progress=(lambda i, n: progress("calibrate", i, n)) if progress else None,
-                                        limit=config.num_calibration_batches)
+                                        limit=config.num_calibration_batches, forwards=forwards)
         timings["calibrate"] = time.perf_counter() - start
     memo = SearchMemo()
 
@@ -294,7 +304,7 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
     measurements = measure(model, calibration, batches, config.settings, roots, metrics=metrics,
                            validation=validation if validation_ref else None, evaluate=evaluate,
                            progress=progress, timings=timings, choose=choose, sensitivity=sensitivity,
-                           simulation_batches=config.num_simulation_batches, memo=memo)
+                           simulation_batches=config.num_simulation_batches, memo=memo, forwards=forwards)
     return calibration, measurements, timings
 
 

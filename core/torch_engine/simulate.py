@@ -29,6 +29,7 @@ from quantlens.core.metrics import ErrorSums
 from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine.calibrate import Progress, as_batches, model_device, run_forward
 from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, replace_first
+from quantlens.core.torch_engine.kept import Recording
 from quantlens.core.torch_engine.loading import Batch, user_error
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -119,19 +120,32 @@ class _Plan:
 
 
 class _FloatPass:
-    def __init__(self, plan: _Plan, isolated: dict[str, ErrorSums]):
+    """The float side of a batch, under a forward's hooks or replayed from calibration's
+    recording of them (``copy`` False: the recorded tensors are kept and proven unchanged)."""
+
+    def __init__(self, plan: _Plan, isolated: dict[str, ErrorSums], copy: bool = True):
         self.plan = plan
         self.isolated = isolated
+        self.copy = copy
         self.outputs: dict[str, torch.Tensor] = {}
         self.energy: dict[str, float] = {}
         """sum(x * x) of each point's float output, for both comparisons with it."""
         self.inputs: dict[str, torch.Tensor] = {}
+        self.output: torch.Tensor | None = None
+        """The model's float output for the batch."""
 
-    def model_input(self, batch: Batch) -> None:
+    def reads(self, kind: str, name: str) -> bool:
+        """Whether the hook call ``kind`` for the module or functional op ``name`` is read."""
+        if kind == "module_input":
+            return name in self.plan.anchor
+        if kind == "module_output":
+            return name in self.plan.output_module
+        return name in self.plan.output_function
+
+    def model_input(self, x: torch.Tensor | None) -> None:
         """The model input is a point: its float value and its isolated error (its own)."""
         point = self.plan.input_point
-        x = first_input(batch)
-        if point is not None and x is not None:
+        if point is not None and x is not None and x.is_floating_point():
             self._record(point, x, lambda y: y)
 
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -156,7 +170,7 @@ class _FloatPass:
     def _record(self, point: str, y: torch.Tensor | None, activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if y is None or not y.is_floating_point():
             return
-        self.outputs[point] = y.detach().clone()
+        self.outputs[point] = y.detach().clone() if self.copy else y.detach()
         self.energy[point] = _energy(y)
         if not self.plan.quantized(point):
             return
@@ -186,8 +200,8 @@ class _QuantPass:
     def model_input(self, batch: Batch) -> Batch:
         """``batch`` with the model input fake-quantized (when the input is a point)."""
         point = self.plan.input_point
-        x = first_input(batch)
-        if point is None or x is None:
+        x = batch.input
+        if point is None or x is None or not x.is_floating_point():
             return batch
         q = self._quantize(point, x)
         return batch if q is None else with_first_input(batch, q)
@@ -219,14 +233,6 @@ class _QuantPass:
             for metric_name, fn in self.metrics.items():
                 self.custom.setdefault(point, {}).setdefault(metric_name, []).append(float(fn(ref, q)))
         return replace_first(output, q)
-
-
-def first_input(batch: Batch) -> torch.Tensor | None:
-    """The model input that is quantized: the batch's first floating-point tensor argument."""
-    for value in (*batch.args, *batch.kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value if value.is_floating_point() else None
-    return None
 
 
 def with_first_input(batch: Batch, x: torch.Tensor) -> Batch:
@@ -328,11 +334,14 @@ def simulate(
     progress: Progress | None = None,
     total: int | None = None,
     keep_outputs: bool = False,
+    recordings: list[Recording | None] | None = None,
 ) -> SimulationResult:
     """Every point's isolated and cumulative error and the model output's, under one variant.
 
     With ``keep_outputs`` the float model outputs are returned (``SimulationResult.outputs``)
-    while they fit in KEEP_OUTPUTS_BYTES, for :func:`resimulate` to compare against."""
+    while they fit in KEEP_OUTPUTS_BYTES, for :func:`resimulate` to compare against.
+    ``recordings`` holds calibration's recorded forwards of these very batches, in order (None
+    where not kept): a batch's float pass is replayed from its recording, not run again."""
     model.eval()
     metrics = metrics or {}
     plan = _Plan(points, acts, weights, dict(model.named_modules()))
@@ -347,12 +356,11 @@ def simulate(
         progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
     with torch.no_grad():
         for i, batch in enumerate(as_batches(batches, device)):
-            float_pass = _FloatPass(plan, isolated)
-            float_pass.model_input(batch)
-            with Instrumentation(model, float_pass, watched=plan.watched):
-                out_f = first_tensor(run_forward(model, batch, roots))
-            out_q = _quantized_forward(model, plan, batch, roots, float_pass.outputs, cumulative, metrics, custom_lists,
-                                       float_pass.energy)
+            recording = recordings[i] if recordings is not None and i < len(recordings) else None
+            floats = _float_pass(model, plan, batch, roots, isolated, recording)
+            out_q = _quantized_forward(model, plan, batch, roots, floats.outputs, cumulative, metrics, custom_lists,
+                                       floats.energy)
+            out_f = floats.output
             output.add(out_f, out_q)
             if kept is not None and out_f is not None:
                 kept_bytes += out_f.numel() * out_f.element_size()
@@ -370,6 +378,22 @@ def simulate(
         custom={**custom, **({"__output__": result.custom} if result.custom else {})},
         float_eval=float_eval, quant_eval=quant_eval, outputs=kept,
     )
+
+
+def _float_pass(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path], isolated: dict[str, ErrorSums],
+                recording: Recording | None) -> _FloatPass:
+    """The float side of one batch (its ``output`` set): replayed from ``recording`` when it
+    holds this batch unchanged, else a forward under the float pass's hooks."""
+    if recording is not None:
+        replayed = _FloatPass(plan, isolated, copy=False)
+        if recording.replay(replayed, replayed.reads):
+            replayed.output = recording.output
+            return replayed
+    float_pass = _FloatPass(plan, isolated)
+    float_pass.model_input(batch.input)
+    with Instrumentation(model, float_pass, watched=plan.watched):
+        float_pass.output = first_tensor(run_forward(model, batch, roots))
+    return float_pass
 
 
 def resimulate(

@@ -1,5 +1,6 @@
-"""Calibration's first batch: replayed from the discovery forward, or run again when that
-forward changed what the collectors read."""
+"""Calibration's recorded forwards: the first batch replayed from the discovery forward into
+the collectors, the simulated batches' forwards replayed into the simulation's float pass,
+each run again when the forward changed what is read."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from torch import nn
 
 from quantlens.core import histogram
 from quantlens.core.torch_engine import calibrate
-from quantlens.core.torch_engine.calibrate import calibrate_batches
+from quantlens.core.settings import QuantSettings
+from quantlens.core.torch_engine.calibrate import Forwards, calibrate_batches
+from quantlens.core.torch_engine.pipeline import measure
 
 
 class Counted(nn.Module):
@@ -95,3 +98,46 @@ def test_over_the_byte_budget_the_batch_runs_again_with_the_same_statistics(monk
         assert np.array_equal(s.sums, t.sums) and s.sumsq == pytest.approx(t.sumsq, rel=1e-12)
         assert np.array_equal(s.channel_min, t.channel_min) and np.array_equal(s.input_min, t.input_min)
         np.testing.assert_array_equal(s.input_channel_mean, t.input_channel_mean)
+
+
+def _simulated(model: Counted, forwards: Forwards | None):
+    """The measurements on 2 of 3 batches, and how many forwards the simulation ran."""
+    calibration = calibrate_batches(model, _batches(), [], forwards=forwards)
+    before = model.forwards
+    measured = measure(model, calibration, _batches, QuantSettings(activation_n_bits=4, weights_n_bits=4), [],
+                       simulation_batches=2, forwards=forwards)
+    return measured, model.forwards - before
+
+
+def _assert_same_errors(a, b) -> None:
+    assert a.output.error == b.output.error
+    for name, m in a.points.items():
+        assert m.isolated == b.points[name].isolated and m.cumulative == b.points[name].cumulative, name
+
+
+def test_the_simulation_replays_the_calibration_forwards_of_its_batches():
+    replayed, forwards = _simulated(_model(scale_in_place=False), Forwards(2))
+    assert forwards == 2  # the quantized passes only: both float passes were replayed
+    run, forwards = _simulated(_model(scale_in_place=False), None)
+    assert forwards == 4
+    _assert_same_errors(replayed, run)  # the same sums, bit for bit
+    assert replayed.points["conv2"].isolated.count == 2 * 5 * 4 * 16
+
+
+def test_a_recorded_tensor_changed_in_place_later_runs_the_float_pass():
+    """conv2's output is scaled after its hook: a replayed float pass would read it scaled."""
+    replayed, forwards = _simulated(_model(scale_in_place=True), Forwards(2))
+    assert forwards == 4
+    run, _ = _simulated(_model(scale_in_place=True), None)
+    _assert_same_errors(replayed, run)
+
+
+def test_recordings_over_the_budget_run_the_float_pass():
+    """A budget for one batch's recording: the second simulated batch runs its float pass."""
+    probe = Forwards(1)
+    calibrate_batches(_model(scale_in_place=False), _batches(), [], forwards=probe)
+    one = Forwards(2, budget=probe.recordings[0].bytes)
+    replayed, forwards = _simulated(_model(scale_in_place=False), one)
+    assert forwards == 3
+    run, _ = _simulated(_model(scale_in_place=False), None)
+    _assert_same_errors(replayed, run)
