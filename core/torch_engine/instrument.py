@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from quantlens.core.torch_engine import ops
+
+if TYPE_CHECKING:
+    from quantlens.core.torch_engine.tape import Tape
 
 
 class Handler(Protocol):
@@ -41,8 +44,10 @@ class Instrumentation(TorchFunctionMode):
     """Context manager: hooks on ``model`` plus the function mode, calling ``handler``."""
 
     def __init__(self, model: nn.Module, handler: Handler, watched: set[str] | None = None,
-                 watch_functions: bool = True):
+                 watch_functions: bool = True, tape: Tape | None = None):
         super().__init__()
+        self.tape = tape
+        """Told of every module call and functional op, in order (the simulation's quantized pass)."""
         self.model = model
         self.handler = handler
         self.follow: Callable[[tuple[Any, ...], dict[str, Any], Any], None] | None = getattr(handler, "tensor_op", None)
@@ -81,6 +86,8 @@ class Instrumentation(TorchFunctionMode):
                 self.suppress = 0
                 self.counters.clear()
             self.stack.append(name)
+            if self.tape is not None:
+                self.tape.enter(name)
             if is_point:
                 if watched and not self.suppress:
                     with torch._C.DisableTorchFunction():
@@ -96,6 +103,8 @@ class Instrumentation(TorchFunctionMode):
         def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             if self.stack:
                 self.stack.pop()
+            if self.tape is not None:
+                self.tape.exit(name, output)
             if is_point:
                 self.suppress -= 1
             if watched and not self.suppress:
@@ -121,6 +130,8 @@ class Instrumentation(TorchFunctionMode):
         index = self.counters[(enclosing, op)]
         self.counters[(enclosing, op)] = index + 1
         key = f"{enclosing}.{op}_{index}" if enclosing else f"{op}_{index}"
+        if self.tape is not None:
+            self.tape.function(key)
         replaced = self.handler.function_output(key, op, func, args, kwargs, output)
         return output if replaced is None else replaced
 

@@ -33,6 +33,7 @@ from quantlens.core.torch_engine.loading import Batch, build_model, iterate_batc
 from quantlens.core.torch_engine.simulate import (
     Metric,
     QuantizedWeights,
+    SimulationResult,
     Variant,
     resimulate,
     simulate,
@@ -116,14 +117,15 @@ def measure(
         timings["choose"] = time.perf_counter() - start
         start = time.perf_counter()
         outs = resimulate(model, calibration.points, [variant.of(c) for c in changes], simulated(), roots,
-                          reference=sim.outputs, metrics=metrics, progress=_stage(progress, "verify"),
+                          reference=sim.outputs, base=(Variant(acts, weights), sim.tapes), metrics=metrics,
+                          progress=_stage(progress, "verify"),
                           total=count * len(changes)) if changes else []
         measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom) for c, o in zip(changes, outs)]
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()
         measurements.sensitivity = measure_sensitivity(model, calibration, measurements, acts, variant, simulated,
-                                                       roots, sim.outputs, progress)
+                                                       roots, sim, progress)
         timings["sensitivity"] = time.perf_counter() - start
     return measurements
 
@@ -192,7 +194,7 @@ def _weight_bits(settings: QuantSettings, point: PointInfo) -> tuple[int, bool]:
 
 def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, measurements: Measurements,
                         acts: dict[str, ActivationQuant], variants: _Variants, batches: BatchSource, roots: list[Path],
-                        reference: list[torch.Tensor] | None, progress: StageProgress | None,
+                        simulation: SimulationResult, progress: StageProgress | None,
                         ks: tuple[int, ...] = (1, 3)) -> list[dict[str, Any]]:
     """Output SQNR with the k points of worst isolated SQNR kept at 16 bits, re-simulated
     together (only on request: ``--sensitivity``, the editor's quantize-now command)."""
@@ -202,7 +204,8 @@ def measure_sensitivity(model: nn.Module, calibration: CalibrationResult, measur
     chosen = [ranked[:k] for k in ks if 2 * k <= len(ranked)]  # half the model wide says nothing
     changes: list[Change] = [keep_wide(names) for names in chosen]
     variants_list = [variants.of(c) for c in changes]
-    outs = resimulate(model, calibration.points, variants_list, batches(), roots, reference=reference,
+    outs = resimulate(model, calibration.points, variants_list, batches(), roots, reference=simulation.outputs,
+                      base=(Variant(acts, variants.weights), simulation.tapes),
                       progress=_stage(progress, "sensitivity"), total=measurements.simulation_batches * len(changes))
     return [{"k": len(names), "points": names, "output_sqnr_db": o.error.sqnr_db, "top1_agreement": o.top1_agreement}
             for names, o in zip(chosen, outs)]

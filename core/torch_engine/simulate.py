@@ -30,6 +30,7 @@ from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine.calibrate import Progress, as_batches, model_device, run_forward
 from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, replace_first
 from quantlens.core.torch_engine.kept import Recording
+from quantlens.core.torch_engine.tape import TAPE_BYTES, Tape, replaced_forward, reused
 from quantlens.core.torch_engine.loading import Batch, user_error
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -56,6 +57,8 @@ class SimulationResult:
     quant_eval: dict[str, float] = field(default_factory=dict)
     outputs: list[torch.Tensor] | None = None
     """The float model outputs per batch (``keep_outputs``), None when not kept."""
+    tapes: list[Tape] = field(default_factory=list)
+    """The quantized pass's module calls per batch (``keep_outputs``), for the re-simulations."""
 
 
 def fake_quant(y: torch.Tensor, q: ActivationQuant) -> torch.Tensor:
@@ -275,23 +278,8 @@ def quantized_weights(model: nn.Module, points: list[PointInfo], weights: dict[s
             if p.name in weights and p.weight_module:
                 stack.enter_context(swapped_parameters(modules[p.weight_module], weights[p.name]))
                 if p.folded_bn:
-                    stack.enter_context(_identity(modules[p.folded_bn]))
+                    stack.enter_context(replaced_forward(modules[p.folded_bn], _pass_through))
         yield
-
-
-@contextmanager
-def _identity(module: nn.Module) -> Iterator[None]:
-    """``module`` passing its input through, for one pass (a ``forward`` set on the instance
-    itself comes back after it)."""
-    own = module.__dict__.get("forward")
-    module.forward = _pass_through  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        if own is None:
-            del module.forward
-        else:
-            module.forward = own  # type: ignore[method-assign]
 
 
 def _pass_through(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -351,6 +339,7 @@ def simulate(
     output = _OutputAccumulator(metrics)
     kept: list[torch.Tensor] | None = [] if keep_outputs else None
     kept_bytes = 0
+    tapes: list[Tape] = []
     device = model_device(model)
     if progress:
         progress(0, total)  # the stage has begun: a hang in its first batch is reported as that batch
@@ -358,8 +347,11 @@ def simulate(
         for i, batch in enumerate(as_batches(batches, device)):
             recording = recordings[i] if recordings is not None and i < len(recordings) else None
             floats = _float_pass(model, plan, batch, roots, isolated, recording)
+            tape = Tape(TAPE_BYTES - sum(t.bytes for t in tapes)) if keep_outputs else None
             out_q = _quantized_forward(model, plan, batch, roots, floats.outputs, cumulative, metrics, custom_lists,
-                                       floats.energy)
+                                       floats.energy, tape)
+            if tape is not None:
+                tapes.append(tape)
             out_f = floats.output
             output.add(out_f, out_q)
             if kept is not None and out_f is not None:
@@ -376,7 +368,7 @@ def simulate(
     return SimulationResult(
         isolated=isolated, cumulative=cumulative, output=result.error, top1_agreement=result.top1_agreement,
         custom={**custom, **({"__output__": result.custom} if result.custom else {})},
-        float_eval=float_eval, quant_eval=quant_eval, outputs=kept,
+        float_eval=float_eval, quant_eval=quant_eval, outputs=kept, tapes=tapes,
     )
 
 
@@ -404,6 +396,7 @@ def resimulate(
     roots: list[Path],
     *,
     reference: list[torch.Tensor] | None = None,
+    base: tuple[Variant, list[Tape]] | None = None,
     metrics: dict[str, Metric] | None = None,
     progress: Progress | None = None,
     total: int | None = None,
@@ -413,12 +406,16 @@ def resimulate(
 
     The variants share each batch and its float output (``reference``, the float outputs a
     :func:`simulate` kept, in batch order; a plain float forward when None), so K variants
-    cost K quantized passes and nothing per point is accumulated.
+    cost K quantized passes and nothing per point is accumulated. ``base`` is the simulated
+    variant with its tapes (:mod:`quantlens.core.torch_engine.tape`): each variant reuses the
+    module calls of the simulation's quantized pass that end before its first changed point.
     """
     model.eval()
     metrics = metrics or {}
     modules = dict(model.named_modules())
     plans = [_Plan(points, v.acts, v.weights, modules) for v in variants]
+    changed = [_changed(points, base[0], v) if base is not None else [] for v in variants]
+    tapes = base[1] if base is not None else []
     outputs = [_OutputAccumulator(metrics) for _ in variants]
     device = model_device(model)
     steps = 0
@@ -430,12 +427,26 @@ def resimulate(
                 out_f = reference[i]
             else:
                 out_f = first_tensor(run_forward(model, batch, roots))
-            for plan, output in zip(plans, outputs):
-                output.add(out_f, _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}))
+            tape = tapes[i] if i < len(tapes) else None
+            for plan, output, points_changed in zip(plans, outputs, changed):
+                reuse = tape.reusable(tape.cut(points_changed)) if tape is not None else None
+                output.add(out_f, _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}, reuse=reuse))
                 steps += 1
                 if progress:
                     progress(steps, total)
     return [o.result() for o in outputs]
+
+
+def _changed(points: list[PointInfo], base: Variant, variant: Variant) -> list[PointInfo]:
+    """The points ``variant`` quantizes otherwise than ``base``: another activation quantizer,
+    or weights quantized again (a variant shares the base's unchanged weights)."""
+    return [p for p in points if _quantizer(variant.acts.get(p.name)) != _quantizer(base.acts.get(p.name))
+            or variant.weights.get(p.name) is not base.weights.get(p.name)]
+
+
+def _quantizer(q: ActivationQuant | None) -> tuple[Any, ...] | None:
+    """What :func:`fake_quant` reads of ``q``."""
+    return None if q is None else (q.quantize, q.threshold, q.signed, q.n_bits, q.shift)
 
 
 class _OutputAccumulator:
@@ -466,13 +477,15 @@ class _OutputAccumulator:
 def _quantized_forward(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path],
                        floats: dict[str, torch.Tensor], cumulative: dict[str, ErrorSums],
                        metrics: dict[str, Metric], custom: dict[str, dict[str, list[float]]],
-                       energy: dict[str, float] | None = None) -> torch.Tensor | None:
+                       energy: dict[str, float] | None = None, tape: Tape | None = None,
+                       reuse: list[Any] | None = None) -> torch.Tensor | None:
     """One quantized forward of ``batch``: quantized weights, folded BatchNorms, every point's
-    output fake-quantized; cumulative errors against ``floats`` (with their ``energy``) where given."""
+    output fake-quantized; cumulative errors against ``floats`` (with their ``energy``) where
+    given; its module calls written to ``tape``, or the calls ``reuse`` returning their kept outputs."""
     quant_pass = _QuantPass(plan, floats, cumulative, metrics, custom, energy)
     batch = quant_pass.model_input(batch)
-    with quantized_weights(model, list(plan.points.values()), plan.weights), \
-            Instrumentation(model, quant_pass, watched=plan.watched):
+    with quantized_weights(model, list(plan.points.values()), plan.weights), reused(model, reuse or []), \
+            Instrumentation(model, quant_pass, watched=plan.watched, tape=tape):
         return first_tensor(run_forward(model, batch, roots))
 
 
