@@ -36,6 +36,8 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
         bulk = ctx.part(p, "bulk")
         current_all = a.predicted_sqnr_db
         current_bulk = ctx.sqnr_at(p, a.threshold, "bulk")
+        if current_bulk >= 6.02 * BULK_FLOOR_BITS:  # the bulk is served: no search can make a finding
+            continue
         searched = dist.shifted(a.shift) if a.shift else dist
         table = []
         for z in ctx.settings.candidate_z_thresholds:
@@ -43,7 +45,7 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
             table.append({"z": z, "threshold": t, "sqnr_db": ctx.sqnr_at(p, t), "bulk_sqnr_db": ctx.sqnr_at(p, t, "bulk"),
                           "clipped_fraction": searched.mass_outside(-t if a.signed else 0.0, t)})
         best_any = max(table, key=lambda row: (row["bulk_sqnr_db"], row["z"]))
-        if best_any["bulk_sqnr_db"] - current_bulk < BULK_GAIN_DB or current_bulk >= 6.02 * BULK_FLOOR_BITS:
+        if best_any["bulk_sqnr_db"] - current_bulk < BULK_GAIN_DB:
             continue
         acceptable = [row for row in table if row["sqnr_db"] >= current_all - ACCEPTABLE_LOSS_DB]
         best = max(acceptable, key=lambda row: (row["bulk_sqnr_db"], row["z"])) if acceptable else None
