@@ -19,7 +19,7 @@ from quantlens.core.distribution import Distribution
 from quantlens.core.metrics import sqnr_from_sums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, PointInfo, PointStats
-from quantlens.core.thresholds import ErrorMethod, SearchResult, search_all
+from quantlens.core.thresholds import ErrorMethod, SearchResult, effective_z, search_all
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ class SearchMemo:
         """Every method's result and the SQNR its threshold gives over all values.
 
         ``z_threshold`` None means the settings' (a point's override may set its own)."""
-        z_threshold = settings.z_threshold if z_threshold is None else z_threshold
+        z_threshold = effective_z(dist, settings.z_threshold if z_threshold is None else z_threshold)
         key = (name, n_bits, settings.l_p_value, z_threshold, settings.power_of_two_thresholds, shift, methods)
         found = self._searches.get(key)
         every = self._searches.get((*key[:-1], tuple(ErrorMethod)))

@@ -99,12 +99,24 @@ def candidate_thresholds(max_abs: float, power_of_two: bool = True) -> np.ndarra
 
 def remove_outliers(dist: Distribution, z_threshold: float) -> Distribution:
     """Drop values with |x - mu| > z * sigma (both tails, as MCT applies it)."""
-    if not math.isfinite(z_threshold) or not len(dist.n):
+    if effective_z(dist, z_threshold) == math.inf:
         return dist
     mu, sigma = dist.mean, dist.std
-    if sigma == 0.0:
-        return dist  # constant data: no value is away from the mean
     return dist.restrict(mu - z_threshold * sigma, mu + z_threshold * sigma)
+
+
+def effective_z(dist: Distribution, z_threshold: float) -> float:
+    """``z_threshold``, or inf when removing outliers at it drops nothing: every bin lies
+    within mu +- z * sigma (or the data is constant). A search at such a z is the search
+    without removal, so the memo keys it so: a z_threshold edit re-searches only the points
+    it cuts."""
+    if not math.isfinite(z_threshold) or not len(dist.n):
+        return math.inf
+    mu, sigma = dist.mean, dist.std
+    if sigma == 0.0:
+        return math.inf  # constant data: no value is away from the mean
+    inside = dist.lo[0] >= mu - z_threshold * sigma and dist.hi[-1] <= mu + z_threshold * sigma
+    return math.inf if inside else z_threshold
 
 
 def search_threshold(

@@ -13,7 +13,7 @@ from quantlens.core.errors import Location
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.core.stats import PointStats
-from quantlens.core.thresholds import search_threshold
+from quantlens.core.thresholds import effective_z, search_threshold
 
 FAR_OUT_IQR = 3.0
 """Tukey's far-out fences: the bulk is [q1 - 3 IQR, q3 + 3 IQR]."""
@@ -73,6 +73,7 @@ class Context:
         """The configured method's threshold over one part of a point's values, with the given
         z_threshold and shift: the one re-search every rule uses, memoised across edits."""
         s = self.result.settings
+        z_threshold = effective_z(self.part(p, part), z_threshold)
         key = (p.name, "search", part, s.activation_error_method, p.activation.n_bits, s.l_p_value, z_threshold,
                s.power_of_two_thresholds, signed, shift)
 

@@ -83,6 +83,29 @@ def test_the_memo_searches_only_what_an_edit_changed(deit) -> None:
     assert [f.to_json() for f in back.findings] == [f.to_json() for f in first.findings]
 
 
+def test_a_z_threshold_edit_searches_only_the_points_it_cuts(deit) -> None:
+    """Points whose every value lies within mu +- z * sigma keep their search at inf: a
+    z_threshold edit re-searches only the points with values beyond it (numpy on the
+    calibration's bins decides which), with the same findings as a fresh memo."""
+    config, calibration, measurements = deit
+    memo = SearchMemo()
+    rediagnose(calibration, config, measurements, memo=memo)
+    z = 12.0
+    edited = _with(config, z_threshold=z)
+    before = dict(memo._searches)
+    result = rediagnose(calibration, edited, measurements, memo=memo)
+    activation_keys = {k[0] for k in memo._searches if k not in before and isinstance(k[1], int)}
+    cut = set()
+    for name, stats in calibration.stats.items():
+        dist = stats.distribution()
+        if dist.count and dist.std > 0 and (dist.lo[0] < dist.mean - z * dist.std or dist.hi[-1] > dist.mean + z * dist.std):
+            cut.add(name)
+    assert 0 < len(cut) < len(calibration.stats)
+    assert activation_keys and activation_keys <= cut
+    fresh = rediagnose(calibration, edited, measurements)
+    assert [f.to_json() for f in result.findings] == [f.to_json() for f in fresh.findings]
+
+
 def test_corrupt_records_raise_value_error_only() -> None:
     for blob in (b"", b"\x00garbage", b"\x81\xa1a\x01", b"\x82\xa7version\x01\xa6points\x01"):
         with pytest.raises(ValueError):

@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from quantlens.core.activations import predicted_sqnr
 from quantlens.core.distribution import Distribution
 from quantlens.core.quantizer import fake_quantize
-from quantlens.core.thresholds import ErrorMethod, candidate_thresholds, search_all
+from quantlens.core.thresholds import ErrorMethod, candidate_thresholds, effective_z, search_all
 from tests import reference as ref
 from tests.core.values import hist_dist, synthetic
 
@@ -184,6 +184,25 @@ def test_kept_fraction_matches_brute_force(kind, z):
     # Only the two bins cut by mean +- z*std are uncertain.
     assert res.kept_fraction == pytest.approx(expected, abs=3.0 / x.size)
     assert res.kept_fraction <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["gauss_1", "laplace_outliers", "relu"])
+def test_a_z_threshold_that_removes_nothing_searches_as_without_removal(kind):
+    """Beyond the farthest bin, z-score removal drops nothing: the search is the one at inf
+    (every method's errors bit for bit), and the memo keys it so."""
+    x, dist = _dataset(kind, 0)
+    farthest = max(abs(float(dist.lo[0]) - x.mean()), abs(float(dist.hi[-1]) - x.mean())) / x.std()
+    z_all = farthest * 1.01
+    assert _kept(x, z_all).size == x.size  # numpy on the raw values: nothing is that far out
+    assert effective_z(dist, z_all) == INF
+    at_z, at_inf = search_all(dist, 8, z_threshold=z_all), search_all(dist, 8, z_threshold=INF)
+    for m in M:
+        assert at_z[m].threshold == at_inf[m].threshold and np.array_equal(at_z[m].errors, at_inf[m].errors), m
+        assert at_z[m].kept_fraction == 1.0
+    z_cut = float(np.abs(x - x.mean()).max() / x.std()) * 0.9  # the farthest raw values go
+    assert _kept(x, z_cut).size < x.size
+    assert effective_z(dist, z_cut) == z_cut
+    assert search_all(dist, 8, methods=(M.MSE,), z_threshold=z_cut)[M.MSE].kept_fraction < 1.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
