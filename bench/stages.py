@@ -33,7 +33,8 @@ from quantlens.core.torch_engine.loading import build_model, iterate_batches
 from quantlens.core.torch_engine.pipeline import measure_project
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ["audio_cnn", "audio_cnn:activation_n_bits=6", "mobilenet_like", "deit_tiny", "frame_tagger", "logits_softmax", "two_branch_concat",
+FIXTURES = ["audio_cnn", "audio_cnn:activation_n_bits=6", "audio_cnn:activation_n_bits=5",
+            "audio_cnn:activation_n_bits=4", "mobilenet_like", "deit_tiny", "frame_tagger", "logits_softmax", "two_branch_concat",
             "activations_zoo", "clean_mlp"]
 STAGES = ("calibrate", "thresholds", "simulate", "choose", "verify")
 HEADING = "## Full analysis by stage"
@@ -107,9 +108,13 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "What scales with the data (calibrate: every batch; simulate and verify: the first "
         "`num_simulation_batches`, 2 by default) is near its floor on a model whose forward does real work "
         "(audio_cnn, shaped like the audio networks of issue #9: calibration about 2x, that is the forward once "
-        "plus the statistics of every value, about as much again; the simulation of 2 of 8 batches about 0.9x; "
-        "each verified change about 0.3x; `audio_cnn:activation_n_bits=6` is the same model at "
-        "6-bit activations, where there are findings and their fixes are verified). What does not (the threshold search of every point "
+        "plus the statistics of every value, about as much again; the simulation of 2 of 8 batches about 0.6x, "
+        "its float passes replayed from calibration's recording of those batches, so only the quantized passes "
+        "run; a verified change costs the layers after its first changed point, the module calls before it "
+        "reused from the simulation's tape: up to 0.3x for a change at the input or a global setting. "
+        "`audio_cnn:activation_n_bits=N` is the same model at N-bit activations, where there are findings and "
+        "their fixes are verified: at 4 bits 6 changes are verified, two of them near the input). "
+        "What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
         "small fixtures, whose whole forward takes 1-13 ms, is tens of forwards: there *total, ms* is the number "
         "that matters for a save. Between runs on this shared machine a ratio moves by up to 10%.",
