@@ -35,17 +35,18 @@ from quantlens.core.torch_engine.pipeline import measure_project
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ["audio_cnn", "audio_cnn:activation_n_bits=6", "audio_cnn:activation_n_bits=5",
             "audio_cnn:activation_n_bits=4", "mobilenet_like", "deit_tiny", "frame_tagger", "logits_softmax", "two_branch_concat",
-            "activations_zoo", "clean_mlp"]
+            "activations_zoo", "clean_mlp", "bench/resnet18_like"]
 STAGES = ("calibrate", "thresholds", "simulate", "choose", "verify")
 HEADING = "## Full analysis by stage"
 
 
 def bench(name: str, rounds: int) -> dict[str, Any]:
     """``name`` is a fixture, or ``fixture:key=value`` for a fixture under another setting (a
-    lower bit width, so that there are findings whose fixes are verified)."""
+    lower bit width, so that there are findings whose fixes are verified), or a folder of the
+    repository (``bench/resnet18_like``: larger, 39 points, a forward of seconds)."""
     folder, _, setting = name.partition(":")
     overrides = {setting.split("=")[0]: json.loads(setting.split("=")[1])} if setting else None
-    config = load_config(ROOT / "fixtures" / folder, overrides=overrides)
+    config = load_config(ROOT / folder if "/" in folder else ROOT / "fixtures" / folder, overrides=overrides)
     model, _ = build_model(config.model, config.roots, config.weights)
     model.eval()
     batches = list(iterate_batches(config.data, config.roots, torch.device("cpu"), config.num_calibration_batches))
