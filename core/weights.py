@@ -168,8 +168,22 @@ def _row_threshold(row: np.ndarray, n_bits: int, method: ErrorMethod, p: float, 
 
 
 def _vector_thresholds(rows: np.ndarray, n_bits: int, method: ErrorMethod, p: float, pot: bool) -> np.ndarray:
-    """All channels at once: one pass over the weights per candidate index."""
+    """All channels at once: one pass over the weights per candidate index. A channel of
+    zeros (pruned, or dead) has the one candidate 1.0 (any threshold quantizes it exactly),
+    as has one with a NaN/Inf weight; the others are searched together."""
     max_abs = np.abs(rows).max(axis=1)
+    live = (max_abs > 0) & np.isfinite(max_abs)
+    if live.all():
+        return _searched_thresholds(rows, max_abs, n_bits, method, p, pot)
+    thresholds = np.array([float(candidate_thresholds(float(m), pot)[0]) for m in max_abs])
+    if live.any():
+        thresholds[live] = _searched_thresholds(rows[live], max_abs[live], n_bits, method, p, pot)
+    return thresholds
+
+
+def _searched_thresholds(rows: np.ndarray, max_abs: np.ndarray, n_bits: int, method: ErrorMethod, p: float,
+                         pot: bool) -> np.ndarray:
+    """The thresholds of channels whose largest |weight| is positive and finite."""
     cands = np.stack([candidate_thresholds(float(m), pot) for m in max_abs])  # (C, K)
     if method is ErrorMethod.NOCLIPPING:
         covering = cands >= max_abs[:, None]
@@ -177,8 +191,25 @@ def _vector_thresholds(rows: np.ndarray, n_bits: int, method: ErrorMethod, p: fl
         return cands[np.arange(len(rows)), np.where(covering.any(axis=1), last, 0)]
     power = {ErrorMethod.MSE: 2.0, ErrorMethod.MAE: 1.0}.get(method, p)
     errors = np.empty_like(cands)
+    levels = 2.0 ** (n_bits - 1)
+    error = np.empty(rows.shape, dtype=np.float64)
     for k in range(cands.shape[1]):
-        q = fake_quantize(rows, cands[:, k:k + 1], n_bits, True)
-        errors[:, k] = np.mean(np.abs(q - rows) ** power, axis=1)
+        # fake_quantize's arithmetic, in place in one buffer: a large model's weights pass
+        # through it once per candidate, and temporaries doubled the cost
+        step = cands[:, k:k + 1] / levels
+        safe = np.where(step > 0, step, 1.0)
+        np.divide(rows, safe, out=error)
+        np.round(error, out=error)
+        np.clip(error, -levels, levels - 1, out=error)
+        error *= safe
+        error[step[:, 0] <= 0] = 0.0
+        error -= rows
+        if power == 2.0:
+            np.multiply(error, error, out=error)
+        else:
+            np.abs(error, out=error)
+            if power != 1.0:
+                np.power(error, power, out=error)
+        errors[:, k] = np.mean(error, axis=1)
     choice = np.array([argmin_prefer_large(e) for e in errors])
     return cands[np.arange(len(rows)), choice]
