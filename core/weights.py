@@ -115,6 +115,9 @@ def quantize_weights(
     return wq, report
 
 
+BLOCK_VALUES = 1 << 16
+"""Weights searched a block at a time (512 KiB of float64): the block stays in cache across
+the candidates."""
 DEAD_CHANNEL_RMS = 1e-4
 """Channels whose RMS is below this share of the largest channel's carry no signal to lose."""
 
@@ -192,24 +195,32 @@ def _searched_thresholds(rows: np.ndarray, max_abs: np.ndarray, n_bits: int, met
     power = {ErrorMethod.MSE: 2.0, ErrorMethod.MAE: 1.0}.get(method, p)
     errors = np.empty_like(cands)
     levels = 2.0 ** (n_bits - 1)
-    error = np.empty(rows.shape, dtype=np.float64)
-    for k in range(cands.shape[1]):
-        # fake_quantize's arithmetic, in place in one buffer: a large model's weights pass
-        # through it once per candidate, and temporaries doubled the cost
-        step = cands[:, k:k + 1] / levels
-        safe = np.where(step > 0, step, 1.0)
-        np.divide(rows, safe, out=error)
-        np.round(error, out=error)
-        np.clip(error, -levels, levels - 1, out=error)
-        error *= safe
-        error[step[:, 0] <= 0] = 0.0
-        error -= rows
-        if power == 2.0:
-            np.multiply(error, error, out=error)
-        else:
-            np.abs(error, out=error)
-            if power != 1.0:
-                np.power(error, power, out=error)
-        errors[:, k] = np.mean(error, axis=1)
+    steps = cands / levels  # all positive: these channels have a range
+    inverse = 1.0 / steps if pot else None  # x * 2^-k is x / 2^k exactly; a multiply is cheaper
+    block = max(1, BLOCK_VALUES // max(rows.shape[1], 1))
+    buffer = np.empty((min(block, len(rows)), rows.shape[1]), dtype=np.float64)
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        error = buffer[:len(part)]
+        for k in range(cands.shape[1]):
+            # fake_quantize's arithmetic in place, a block of channels at a time: a large
+            # model's weights pass through it once per candidate, and the temporaries and
+            # trips to memory cost more than the arithmetic
+            step = steps[start:start + block, k:k + 1]
+            if inverse is None:
+                np.divide(part, step, out=error)
+            else:
+                np.multiply(part, inverse[start:start + block, k:k + 1], out=error)
+            np.round(error, out=error)
+            np.clip(error, -levels, levels - 1, out=error)
+            error *= step
+            error -= part
+            if power == 2.0:
+                np.multiply(error, error, out=error)
+            else:
+                np.abs(error, out=error)
+                if power != 1.0:
+                    np.power(error, power, out=error)
+            errors[start:start + block, k] = np.mean(error, axis=1)
     choice = np.array([argmin_prefer_large(e) for e in errors])
     return cands[np.arange(len(rows)), choice]
