@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from quantlens.core.activations import ActivationQuant
+from quantlens.core.errors import QuantlensError
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine.calibrate import Progress, as_batches, model_device, run_forward
@@ -429,8 +430,17 @@ def resimulate(
                 out_f = first_tensor(run_forward(model, batch, roots))
             tape = tapes[i] if i < len(tapes) else None
             for plan, output, points_changed in zip(plans, outputs, changed):
-                reuse = tape.reusable(tape.cut(points_changed)) if tape is not None else None
-                output.add(out_f, _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}, reuse=reuse))
+                reuse = tape.reusable(tape.cut(points_changed)) if tape is not None else []
+                try:
+                    out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}, reuse=reuse)
+                except QuantlensError:
+                    if not reuse:
+                        raise  # the user's own error, as a forward without reuse meets it
+                    # A forward that needs what a skipped module's forward leaves behind (a
+                    # list of features it appends to): the tapes go, and this pass runs whole.
+                    tapes, tape = [], None
+                    out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {})
+                output.add(out_f, out_q)
                 steps += 1
                 if progress:
                     progress(steps, total)

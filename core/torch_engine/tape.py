@@ -14,6 +14,11 @@ forward (a functional op is named by its index among its module's calls, which a
 first call of a module called twice would shift), and only while no kept tensor changed in
 place since (torch's version counters): a later in-place op on a kept output, in the pass
 that read it, would hand the next re-simulation changed values.
+
+What a skipped forward would have done besides returning (append its output to a list its
+parent reads, count its calls) does not happen. Where that makes the pass fail, the pass
+runs whole and the tapes are dropped (:func:`quantlens.core.torch_engine.simulate.resimulate`);
+a forward that instead reads such state without failing would see the last pass's.
 """
 
 from __future__ import annotations

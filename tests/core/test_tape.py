@@ -57,11 +57,13 @@ class Net(nn.Module):
         return self.head(m + h + f).mean(dim=2)  # f read after the in-place change
 
 
-def _setup(model: Net):
+def _setup(model: nn.Module):
     torch.manual_seed(0)
     for p in model.parameters():
         nn.init.normal_(p, std=0.4)
-    model.front[1].running_var.uniform_(0.5, 2.0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_var.uniform_(0.5, 2.0)
     model.eval()
     g = torch.Generator().manual_seed(3)
     batches = [torch.randn(4, 2, 32, generator=g) for _ in range(2)]
@@ -133,3 +135,46 @@ def test_a_tape_over_its_budget_reuses_only_what_it_kept(monkeypatch, budget, ex
     monkeypatch.setattr(simulate_module, "TAPE_BYTES", budget)
     runs, _, _ = _both(Net(), ["head"])
     assert runs == expected
+
+
+class Encoder(nn.Module):
+    """Leaves its output in a list its parent reads later (as some U-Net code keeps skips)."""
+
+    def __init__(self, skips: list[torch.Tensor]):
+        super().__init__()
+        self.conv = CountedConv(2, 6, 3, padding=1)
+        self.skips = skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.skips.append(y)
+        return y
+
+
+class SkipNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.skips: list[torch.Tensor] = []
+        self.encoder = Encoder(self.skips)
+        self.act = nn.ReLU()
+        self.head = CountedConv(6, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.skips.clear()
+        h = self.act(self.encoder(x))
+        return self.head(h + self.skips.pop()).mean(dim=2)
+
+
+def test_a_forward_that_needs_a_skipped_modules_side_effect_runs_whole():
+    """Reusing the encoder skips its append, and the parent's pop fails: that pass runs
+    whole, the tapes go, and the outputs are those of running everything."""
+    model = SkipNet()
+    calibration, acts, weights, sim, batches = _setup(model)
+    assert {"encoder.conv", "head"} <= {p.name for p in calibration.points}
+    variants = [_wider(acts, weights, "head")] * 2
+    CountedConv.runs = 0
+    reused = resimulate(model, calibration.points, variants, batches, [], reference=sim.outputs,
+                        base=(Variant(acts, weights), sim.tapes))
+    assert CountedConv.runs == 2 * 2 * 2  # both convs, both variants, both batches: nothing reused
+    again = resimulate(model, calibration.points, variants, batches, [], reference=sim.outputs)
+    assert [o.error for o in reused] == [o.error for o in again]
