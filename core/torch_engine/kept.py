@@ -3,7 +3,9 @@
 torch bumps a tensor's version counter on every in-place change, so a version taken when a
 tensor is kept tells later whether it still holds those values (a user's forward may change
 a batch or an activation in place after quantlens saw it). The first calibration batch's
-replay and the simulated batches of the re-simulations keep their tensors this way.
+replay, the simulated batches' float forwards (recorded in calibration, replayed by the
+simulation), the simulated batches of the re-simulations and the simulation's tapes
+(:mod:`quantlens.core.torch_engine.tape`) keep their tensors this way.
 """
 
 from __future__ import annotations
