@@ -48,6 +48,18 @@ def _workers_of_this_process() -> set[int]:
     return found
 
 
+def _workers_settled(others: set[int], expected: set[int]) -> set[int]:
+    """The workers beyond ``others`` once they are ``expected`` (within 10 s), else as they
+    are then: a process just started shows its parent's command line until it has exec'd, and
+    one just stopped is gone only once reaped."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        found = _workers_of_this_process() - others
+        if found == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_memory_limit_is_a_problem_not_a_crash(root: Path) -> None:
     line = _factory_line(root / "model.py", "torch.ones(4_000_000_000)  # 16 GB")
     pool = WorkerPool(WorkerLimits(timeout_s=120, memory_limit_mb=256), spare=False)
@@ -144,15 +156,15 @@ def test_the_spare_starts_when_a_run_ends_never_during_it(root: Path) -> None:
         assert during and all(spare is None and workers - others == {first} for spare, workers in during)
         second = pool.spare_pid
         assert second not in (None, first) and pool.current_pid is None
-        assert _workers_of_this_process() - others == {second}
+        assert _workers_settled(others, {second}) == {second}
         _factory_line(root / "model.py", "raise ValueError('broken on purpose')")
         failed = pool.run(_request(root), None, None)
         assert not failed.ok and "broken on purpose" in failed.problems[0].message
         assert pool.spare_pid not in (None, second)
-        assert _workers_of_this_process() - others == {pool.spare_pid}
+        assert _workers_settled(others, {pool.spare_pid}) == {pool.spare_pid}
     finally:
         pool.close()
-    assert _workers_of_this_process() - others == set()
+    assert _workers_settled(others, set()) == set()
 
 
 def test_a_run_no_longer_wanted_starts_no_worker_and_keeps_the_spare(root: Path) -> None:
@@ -163,6 +175,6 @@ def test_a_run_no_longer_wanted_starts_no_worker_and_keeps_the_spare(root: Path)
         spare = pool.spare_pid
         outcome = pool.run(_request(root), None, None, wanted=lambda: False)
         assert outcome.cancelled and not outcome.ok and not outcome.problems
-        assert pool.spare_pid == spare and _workers_of_this_process() - others == {spare}
+        assert pool.spare_pid == spare and _workers_settled(others, {spare}) == {spare}
     finally:
         pool.close()
