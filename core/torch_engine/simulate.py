@@ -1,15 +1,19 @@
 """Fake-quantized simulation: per-point error, isolated and cumulative, and model output.
 
-Each batch runs twice:
+Each batch has two passes:
 
 * the float pass keeps every point's float output for this batch only, and measures the
   *isolated* error: the point's own quantized weights (BN folded) applied to its float
-  input, then its output fake-quantized, against its float output;
+  input, then its output fake-quantized, against its float output. When calibration
+  recorded this batch's forward (the simulated batches are its first ones), the pass is
+  that recording replayed, not a forward;
 * the quantized pass runs the model with every weight quantized, every folded BatchNorm
   an identity and every point's output fake-quantized, and measures the *cumulative* error
   at each point against the float output kept from the first pass.
 
-Nothing is kept across batches but sums (:class:`ErrorSums`).
+Nothing per point is kept across batches but sums (:class:`ErrorSums`); for the
+re-simulations (:func:`resimulate`) the float model outputs and the quantized passes'
+module calls (:mod:`quantlens.core.torch_engine.tape`) are kept, within budgets.
 """
 
 from __future__ import annotations
