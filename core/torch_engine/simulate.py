@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from quantlens.core.activations import ActivationQuant
 from quantlens.core.errors import QuantlensError
 from quantlens.core.metrics import ErrorSums
@@ -35,8 +33,9 @@ from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine.calibrate import Progress, as_batches, model_device, run_forward
 from quantlens.core.torch_engine.instrument import Instrumentation, first_tensor, replace_first
 from quantlens.core.torch_engine.kept import Recording
-from quantlens.core.torch_engine.tape import TAPE_BYTES, Tape, replaced_forward, reused
 from quantlens.core.torch_engine.loading import Batch, user_error
+from quantlens.core.torch_engine.tape import TAPE_BYTES, Tape, replaced_forward, reused
+from torch import nn
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 """A user metric: (float tensor, quantized tensor) -> number, like XQuant's custom metrics."""

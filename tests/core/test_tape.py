@@ -4,16 +4,19 @@ changed point: the same outputs, bit for bit, as running every module again."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from quantlens.core.activations import quantize_activations
+from quantlens.core.config import load_config
 from quantlens.core.settings import QuantSettings
+from quantlens.core.torch_engine import simulate as simulate_module
 from quantlens.core.torch_engine.calibrate import calibrate_batches
 from quantlens.core.torch_engine.folding import quantize_model_weights
+from quantlens.core.torch_engine.pipeline import measure_project
 from quantlens.core.torch_engine.simulate import Variant, resimulate, simulate
+from torch import nn
 
 
 class CountedConv(nn.Conv1d):
@@ -131,7 +134,6 @@ CONV_OUTPUT_BYTES = 4 * 6 * 32 * 4
 def test_a_tape_over_its_budget_reuses_only_what_it_kept(monkeypatch, budget, expected):
     """Two outputs' worth: the first batch's tape keeps front and the ReLU (front.0's output is
     front's), not mid; the second batch's keeps nothing."""
-    from quantlens.core.torch_engine import simulate as simulate_module
     monkeypatch.setattr(simulate_module, "TAPE_BYTES", budget)
     runs, _, _ = _both(Net(), ["head"])
     assert runs == expected
@@ -178,3 +180,14 @@ def test_a_forward_that_needs_a_skipped_modules_side_effect_runs_whole():
     assert CountedConv.runs == 2 * 2 * 2  # both convs, both variants, both batches: nothing reused
     again = resimulate(model, calibration.points, variants, batches, [], reference=sim.outputs)
     assert [o.error for o in reused] == [o.error for o in again]
+
+
+def test_the_verified_changes_of_a_transformer_are_the_same_with_and_without_tapes(monkeypatch):
+    """deit_tiny (attention, residual adds, LayerNorms, GELU): its 6 verified changes measure
+    the same, bit for bit, whether the re-simulations reuse the tapes or run everything."""
+    config = load_config(Path(__file__).resolve().parents[2] / "fixtures" / "deit_tiny")
+    _, reused, _ = measure_project(config)
+    monkeypatch.setattr(simulate_module, "TAPE_BYTES", 0)
+    _, again, _ = measure_project(config)
+    assert len(reused.verified) >= 3
+    assert [(v.change, v.error) for v in reused.verified] == [(v.change, v.error) for v in again.verified]

@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from quantlens.core.settings import QuantSettings
 from quantlens.core.thresholds import ErrorMethod
 from quantlens.core.torch_engine.pipeline import analyze_model
 from quantlens.core.weights import quantize_weights
+from torch import nn
 
 
 def _fq(x: np.ndarray, t, n_bits: int) -> np.ndarray:
