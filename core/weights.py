@@ -178,7 +178,7 @@ def _vector_thresholds(rows: np.ndarray, n_bits: int, method: ErrorMethod, p: fl
     live = (max_abs > 0) & np.isfinite(max_abs)
     if live.all():
         return _searched_thresholds(rows, max_abs, n_bits, method, p, pot)
-    thresholds = np.array([float(candidate_thresholds(float(m), pot)[0]) for m in max_abs])
+    thresholds = np.ones(len(rows))  # candidate_thresholds' one candidate for a channel without a range
     if live.any():
         thresholds[live] = _searched_thresholds(rows[live], max_abs[live], n_bits, method, p, pot)
     return thresholds

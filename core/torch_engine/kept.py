@@ -71,7 +71,7 @@ class Recording:
         self.kept = Kept(budget)
         self.calls: list[tuple[str, tuple[Any, ...], Versions]] = []
         self.output: torch.Tensor | None = None
-        """The forward's output (its first tensor), set by the caller."""
+        """The forward's output (its first tensor), set by :meth:`finish`."""
         self._keep("model_input", (model_input,), [model_input])
 
     def module_input(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -100,12 +100,8 @@ class Recording:
         tensor) and let ``inner`` go (what it holds is not needed for a replay)."""
         self.inner = None
         self.__dict__.pop("tensor_op", None)
-        versions = self.kept.versions([output])
-        if versions is None:
-            self.calls.clear()
-        else:
-            self.output = output
-            self.calls.append(("output", (output,), versions))
+        self.output = output
+        self._keep("output", (output,), [output])
 
     @property
     def bytes(self) -> int:

@@ -87,16 +87,15 @@ def measure(
     count = calibration.num_batches if simulation_batches is None else min(simulation_batches, calibration.num_batches)
 
     device = model_device(model)
-    seeded = forwards is not None and forwards.complete and len(forwards.batches) == count
-    simulated = _KeptBatches(lambda: as_batches(_limited(batches(), count), device),
-                             forwards.batches if seeded else None)  # type: ignore[union-attr]
+    seed = forwards if forwards is not None and forwards.complete and len(forwards.batches) == count else None
+    simulated = _KeptBatches(lambda: as_batches(_limited(batches(), count), device), seed.batches if seed else None)
 
     start = time.perf_counter()
     sim = simulate(
         model, calibration.points, acts, weights, simulated(), roots,
         metrics=metrics, validation=validation() if validation else None, evaluate=evaluate,
         progress=_stage(progress, "simulate"), total=count, keep_outputs=True,
-        recordings=forwards.recordings if seeded else None,  # type: ignore[union-attr]
+        recordings=seed.recordings if seed else None,
     )
     if forwards is not None:
         forwards.release()

@@ -28,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from quantlens.core.stats import PointInfo
 from quantlens.core.torch_engine.kept import Kept, Versions, unchanged
@@ -75,8 +76,8 @@ class Tape:
 
     def exit(self, name: str, output: Any) -> None:
         _, start = self.open.pop() if self.open else (name, self.position)
-        tensors = _tensors(output)
-        if self.full_at is None and tensors is not None:  # another kind of output: not reused
+        tensors = _tensors(output) if self.full_at is None else None
+        if tensors is not None:  # None: past the budget, or another kind of output (not reused)
             versions = self.kept.versions(tensors)
             if versions is None:
                 self.full_at = self.position
@@ -119,11 +120,16 @@ class Tape:
     def _once(self) -> list[_Call]:
         """The calls, by start, that hold every call of each module called inside them: of
         their own module too, so a module called twice is reused only inside a call that
-        holds both (computed once)."""
+        holds both (computed once, a range minimum and maximum over the entries per call)."""
         if self._reusable is None:
-            self._reusable = [c for c in sorted(self.calls, key=lambda c: c.start) if all(
-                c.start <= self.starts[name] and self.last[name] < c.end
-                for name, at in self.entries if c.start <= at < c.end)]
+            at = np.array([position for _, position in self.entries])
+            first = np.array([self.starts[name] for name, _ in self.entries])
+            last = np.array([self.last[name] for name, _ in self.entries])
+            self._reusable = []
+            for call in sorted(self.calls, key=lambda c: c.start):
+                i, j = np.searchsorted(at, (call.start, call.end))  # the entries inside the call
+                if i == j or (first[i:j].min() >= call.start and last[i:j].max() < call.end):
+                    self._reusable.append(call)
         return self._reusable
 
 
