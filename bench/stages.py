@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from quantlens.core.activations import SearchMemo
 from quantlens.core.config import load_config
 from quantlens.core.rediagnose import rediagnose
 from quantlens.core.torch_engine.loading import build_model, iterate_batches
@@ -60,10 +61,14 @@ def bench(name: str, rounds: int) -> dict[str, Any]:
 
     def analysis() -> tuple[float, dict[str, float], float, int]:
         start = time.perf_counter()
-        calibration, measurements, timings = measure_project(config)
+        memo = SearchMemo()
+        calibration, measurements, timings = measure_project(config, memo=memo)
+        searches = memo.to_msgpack()  # what the worker sends with its result
         wall = time.perf_counter() - start - timings.get("load", 0.0)
         start = time.perf_counter()
-        rediagnose(calibration, config, measurements)
+        final = SearchMemo()
+        final.load(searches, calibration)
+        rediagnose(calibration, config, measurements, memo=final)
         return wall, timings, time.perf_counter() - start, len(measurements.verified)
 
     forward()
@@ -102,7 +107,8 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         f"interleaved rounds in one process (median over {rounds} rounds of each round's ratio). *choose* is "
         "the diagnosis of the first simulation that picks the changes to verify (numpy); *total* is the wall "
         "time of the run, so it also holds what no stage times (the validation pass, moving results). The "
-        "final diagnosis runs in the CLI or the language server (numpy) and is given in milliseconds. "
+        "final diagnosis runs in the CLI or the language server (numpy), from the threshold searches the worker "
+        "sends with its result, and is given in milliseconds. "
         f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads).",
         "",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgpack
 import numpy as np
 
 from quantlens.core.distribution import Distribution
@@ -109,6 +110,9 @@ class SearchMemo:
     A config edit changes few of the search's inputs: switching the error method re-reads
     results already found, and an override re-searches only the points it covers. The
     language server keeps one memo per calibration; bounded by points x settings tried.
+    The worker's run makes every search the diagnosis of its result makes (it diagnoses to
+    choose what to verify), so it sends its searches along (:meth:`to_msgpack`) and the
+    process that diagnoses starts from them (:meth:`load`).
     """
 
     MAX_ENTRIES = 4096
@@ -120,10 +124,7 @@ class SearchMemo:
         self._stats: dict[str, PointStats] = {}
 
     def summary(self, name: str, stats: PointStats) -> _Summary:
-        if self._stats.get(name) is not stats:  # another calibration: nothing carries over
-            self._stats[name] = stats
-            self._summaries.pop(name, None)
-            self._searches = {k: v for k, v in self._searches.items() if k[0] != name}
+        self._bind(name, stats)
         found = self._summaries.get(name)
         if found is None:
             dist = stats.distribution()
@@ -135,9 +136,45 @@ class SearchMemo:
             self._summaries[name] = found
         return found
 
+    def _bind(self, name: str, stats: PointStats) -> None:
+        if self._stats.get(name) is not stats:  # another calibration: nothing carries over
+            self._stats[name] = stats
+            self._summaries.pop(name, None)
+            self._searches = {k: v for k, v in self._searches.items() if k[0] != name}
+
     def __len__(self) -> int:
         """How many searches are kept (tests check that an edit searched only what changed)."""
         return len(self._searches)
+
+    def to_msgpack(self) -> bytes:
+        """The searches whose results are numbers (the thresholds and error curves; not the
+        parts of distributions, which the statistics give again)."""
+        entries = []
+        for key, value in self._searches.items():
+            if isinstance(value, float):
+                entries.append((key, value))
+            elif isinstance(value, tuple) and isinstance(value[0], dict):
+                results, sqnr = value
+                entries.append((key, ([_pack_result(r) for r in results.values()], sqnr)))
+        return msgpack.packb(entries, default=_pack_item, strict_types=True, use_bin_type=True)
+
+    def load(self, data: bytes | None, calibration: CalibrationResult) -> bool:
+        """Take in :meth:`to_msgpack`'s searches, made on ``calibration``'s statistics.
+
+        Like any cache, what cannot be read is left out (and searched again when asked):
+        then False, and nothing is taken in."""
+        if not data:
+            return False
+        try:
+            entries = msgpack.unpackb(data, raw=False, use_list=False, ext_hook=_unpack_method)
+            loaded = [(key, _unpack_value(value)) for key, value in entries
+                      if _key_of(key) in calibration.stats]
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
+            return False
+        for key, value in loaded[: max(self.MAX_ENTRIES - len(self._searches), 0)]:
+            self._bind(key[0], calibration.stats[key[0]])
+            self._searches.setdefault(key, value)
+        return True
 
     def cached(self, stats: PointStats, key: tuple, compute: Callable[[], T]) -> T:
         """Any other search of one point's statistics (the rules' re-searches), under ``key``
@@ -171,6 +208,53 @@ class SearchMemo:
                 self._searches.clear()
             found = self._searches[key] = (results, sqnr)
         return found
+
+
+_METHOD_CODE = 1
+"""msgpack extension code of an ErrorMethod (keys hold them, and a str would equal one)."""
+
+
+def _pack_item(value: Any) -> Any:
+    """What msgpack's strict types leave: methods, tuples (keys; they come back as tuples) and
+    numpy scalars."""
+    if isinstance(value, ErrorMethod):
+        return msgpack.ExtType(_METHOD_CODE, value.value.encode())
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot pack {type(value).__name__}")
+
+
+def _unpack_method(code: int, data: bytes) -> ErrorMethod:
+    if code != _METHOD_CODE:
+        raise ValueError(f"unknown extension {code}")
+    return ErrorMethod(data.decode())
+
+
+def _pack_result(r: SearchResult) -> tuple:
+    return (r.method, r.threshold, r.signed, r.n_bits, r.candidates.astype(np.float64).tobytes(),
+            r.errors.astype(np.float64).tobytes(), r.kept_fraction)
+
+
+def _key_of(key: Any) -> str:
+    """The point a search's key names (its first item)."""
+    if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
+        raise TypeError("a search's key is a tuple that starts with its point's name")
+    return key[0]
+
+
+def _unpack_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return value
+    packed, sqnr = value
+    results = {}
+    for method, threshold, signed, n_bits, candidates, errors, kept in packed:
+        results[ErrorMethod(method)] = SearchResult(
+            ErrorMethod(method), float(threshold), bool(signed), int(n_bits),
+            np.frombuffer(candidates, dtype=np.float64).copy(), np.frombuffer(errors, dtype=np.float64).copy(),
+            float(kept))
+    return results, {str(k): float(v) for k, v in sqnr.items()}
 
 
 def quantize_activations(calibration: CalibrationResult, settings: QuantSettings,

@@ -241,8 +241,9 @@ def exit_code(result: AnalysisResult, fail_on: str) -> int:
 def analyze_in_worker(args: argparse.Namespace, directory: Path) -> tuple[ProjectConfig, AnalysisResult | None]:
     """Load the config here, run the model in a worker process (so ``os._exit``, a crash or a
     hang in user code becomes a located problem), and diagnose here (numpy)."""
-    from quantlens.core.rediagnose import rediagnose
+    from quantlens.core.activations import SearchMemo
     from quantlens.core.measurements import Measurements
+    from quantlens.core.rediagnose import rediagnose
     from quantlens.core.stats import CalibrationResult
     from quantlens.daemon.workers import WorkerPool
 
@@ -258,8 +259,11 @@ def analyze_in_worker(args: argparse.Namespace, directory: Path) -> tuple[Projec
             assert outcome.calibration is not None and outcome.measurements is not None
             bar.update("diagnose", 0, None)
             start = time.perf_counter()
-            result = rediagnose(CalibrationResult.from_msgpack(outcome.calibration), config,
-                                Measurements.from_msgpack(outcome.measurements), timings=outcome.timings)
+            calibration = CalibrationResult.from_msgpack(outcome.calibration)
+            memo = SearchMemo()
+            memo.load(outcome.searches, calibration)  # the worker's searches: the diagnosis makes the same
+            result = rediagnose(calibration, config, Measurements.from_msgpack(outcome.measurements),
+                                timings=outcome.timings, memo=memo)
             result.timings["diagnose"] = time.perf_counter() - start
     finally:
         bar.close()

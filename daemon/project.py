@@ -131,6 +131,7 @@ class Project:
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             return False  # a foreign or corrupt entry is recomputed, never trusted
         self._take(calibration, measurements, timings, self.inputs.key)
+        self.memo.load(entry.get("searches"), calibration)
         return True
 
     def snapshot(self) -> Snapshot:
@@ -188,10 +189,12 @@ class Project:
                        else self.calibration)
         measurements = Measurements.from_msgpack(outcome.measurements)
         self._take(calibration, measurements, outcome.timings, plan.inputs.key)
+        self.memo.load(outcome.searches, calibration)  # the run's searches: the snapshot makes the same
         self.report = outcome.report or self.report
         if self.cache is not None:
             entry = {"layout": CACHE_LAYOUT, "calibration": calibration.to_msgpack(),
-                     "measurements": outcome.measurements, "timings": outcome.timings}
+                     "measurements": outcome.measurements, "timings": outcome.timings,
+                     "searches": outcome.searches}
             try:
                 self.cache.store(plan.inputs.key, msgpack.packb(entry, use_bin_type=True))
             except OSError:

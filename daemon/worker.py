@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, Any]:
     """One analysis; every failure becomes a ``failed`` message with located problems."""
+    from quantlens.core.activations import SearchMemo
     from quantlens.core.config import load_config
     from quantlens.core.errors import Location, Problem, QuantlensError
     from quantlens.core.stats import CalibrationResult
@@ -74,14 +75,16 @@ def run(request: dict[str, Any], out: int, memory_limit_mb: int) -> dict[str, An
         cached = request.get("calibration")
         calibration = CalibrationResult.from_msgpack(cached) if cached else None
         progress("load", 0, None)
+        memo = SearchMemo()
         calibration, measurements, timings = measure_project(config, progress, calibration,
-                                                             sensitivity=bool(request.get("sensitivity")))
+                                                             sensitivity=bool(request.get("sensitivity")), memo=memo)
         reply: dict[str, Any] = {"t": "result", "calibration": calibration.to_msgpack(),
                                  "measurements": measurements.to_msgpack(), "timings": timings}
         if request.get("report_dir"):
             progress("report", 0, None)
             reply["report"] = str(_write_report(config, calibration, measurements, timings,
-                                                Path(request["report_dir"])))
+                                                Path(request["report_dir"]), memo))
+        reply["searches"] = memo.to_msgpack()  # the diagnosis here searches what the run did
         return reply
     except QuantlensError as exc:
         return {"t": "failed", "problems": [_name_the_limit(p, memory_limit_mb).to_json() for p in exc.problems]}
@@ -111,11 +114,12 @@ def _name_the_limit(problem: Any, memory_limit_mb: int) -> Any:
                                                 f"{problem.message}", hint=OOM_HINT)
 
 
-def _write_report(config: Any, calibration: Any, measurements: Any, timings: dict[str, float], folder: Path) -> Path:
+def _write_report(config: Any, calibration: Any, measurements: Any, timings: dict[str, float], folder: Path,
+                  memo: Any) -> Path:
     from quantlens.core.rediagnose import rediagnose
     from quantlens.daemon.report.html import write_report
 
-    result = rediagnose(calibration, config, measurements, timings=timings)
+    result = rediagnose(calibration, config, measurements, timings=timings, memo=memo)
     return write_report(result, folder, config.root, config.diagnosis)
 
 

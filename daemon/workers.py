@@ -53,6 +53,8 @@ class RunOutcome:
     measurements: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
     report: str | None = None
+    searches: bytes | None = None
+    """The run's threshold searches (:meth:`SearchMemo.to_msgpack`): the diagnosis starts from them."""
     problems: list[Problem] = field(default_factory=list)
     cancelled: bool = False
     elapsed_s: float = 0.0
@@ -249,7 +251,8 @@ class WorkerPool:
                     exit_call = message
                 elif kind == "result":
                     return RunOutcome(calibration=message["calibration"], measurements=message["measurements"],
-                                      timings=dict(message.get("timings", {})), report=message.get("report"))
+                                      timings=dict(message.get("timings", {})), report=message.get("report"),
+                                      searches=message.get("searches"))
                 elif kind == "failed":
                     return RunOutcome(problems=[Problem.from_json(p) for p in message["problems"]])
         except (wire.WireError, OSError):

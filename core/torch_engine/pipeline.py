@@ -267,10 +267,11 @@ def analyze_model(
 
 def measure_project(config: ProjectConfig, progress: StageProgress | None = None,
                     calibration: CalibrationResult | None = None, sensitivity: bool = False,
-                    ) -> tuple[CalibrationResult, Measurements, dict[str, float]]:
+                    memo: SearchMemo | None = None) -> tuple[CalibrationResult, Measurements, dict[str, float]]:
     """Run the configured project: calibration (unless ``calibration`` is given, from a cache
     whose key covers the model, weights and data) and measurements; the findings come from
-    :func:`quantlens.core.rediagnose.rediagnose` on what this returns."""
+    :func:`quantlens.core.rediagnose.rediagnose` on what this returns. ``memo`` receives the
+    threshold searches the run made (the findings' diagnosis repeats them all)."""
     roots = config.roots
     device = torch.device(config.device)
     timings: dict[str, float] = {}
@@ -297,7 +298,7 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
                                         progress=(lambda i, n: progress("calibrate", i, n)) if progress else None,
                                         limit=config.num_calibration_batches, forwards=forwards)
         timings["calibrate"] = time.perf_counter() - start
-    memo = SearchMemo()
+    memo = memo if memo is not None else SearchMemo()
 
     def choose(measurements: Measurements) -> list[Change]:
         result = rediagnose(calibration, config, measurements, memo=memo)
@@ -314,9 +315,10 @@ def analyze_project(config: ProjectConfig, progress: StageProgress | None = None
                     sensitivity: bool = False) -> AnalysisResult:
     """The whole configured analysis in this process, with its findings (tests, benchmarks;
     the CLI and the language server run :func:`measure_project` in a worker process)."""
-    calibration, measurements, timings = measure_project(config, progress, sensitivity=sensitivity)
+    memo = SearchMemo()
+    calibration, measurements, timings = measure_project(config, progress, sensitivity=sensitivity, memo=memo)
     start = time.perf_counter()
-    result = rediagnose(calibration, config, measurements, timings=timings)
+    result = rediagnose(calibration, config, measurements, timings=timings, memo=memo)
     result.timings["diagnose"] = time.perf_counter() - start
     return result
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
 
 from quantlens.core.activations import SearchMemo
 from quantlens.core.config import ProjectConfig
+from quantlens.core.distribution import Distribution
 from quantlens.core.measurements import Measurements
 from quantlens.core.rediagnose import ESTIMATE_NOTE, MEASURED_RULES, rediagnose
 from quantlens.core.stats import CalibrationResult
@@ -104,6 +106,43 @@ def test_a_z_threshold_edit_searches_only_the_points_it_cuts(deit) -> None:
     assert activation_keys and activation_keys <= cut
     fresh = rediagnose(calibration, edited, measurements)
     assert [f.to_json() for f in result.findings] == [f.to_json() for f in fresh.findings]
+
+
+def test_the_runs_searches_through_msgpack_leave_the_diagnosis_nothing_to_search(deit, monkeypatch) -> None:
+    """What the worker sends with its result (SearchMemo.to_msgpack) holds every search the
+    diagnosis of that result makes: loaded on the decoded calibration, the diagnosis calls no
+    threshold search at all, and gives what a diagnosis from an empty memo gives."""
+    from quantlens.core import activations
+    from quantlens.core.diagnosis import context
+    from quantlens.core.torch_engine.pipeline import measure_project
+
+    config = deit[0]
+    memo = SearchMemo()
+    calibration, measurements, _ = measure_project(config, memo=memo)
+    blob = memo.to_msgpack()
+    decoded = CalibrationResult.from_msgpack(calibration.to_msgpack())
+    measured_back = Measurements.from_msgpack(measurements.to_msgpack())
+    fresh = rediagnose(decoded, config, measured_back)
+    loaded = SearchMemo()
+    assert loaded.load(blob, decoded)
+    numbers = [v for v in memo._searches.values() if not isinstance(v, Distribution)]  # parts are rebuilt
+    assert len(loaded) == len(numbers) > len(calibration.points)
+    calls: list[str] = []
+    for module, name in ((activations, "search_all"), (context, "search_threshold")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    result = rediagnose(decoded, config, measured_back, memo=loaded)
+    assert calls == []
+    assert result.to_json() == fresh.to_json()
+    # the searches are those of this calibration's points only, and garbage is a miss
+    other = SearchMemo()
+    assert other.load(blob, dataclasses.replace(decoded, stats={}))
+    assert len(other) == 0
+    name = calibration.points[0].name
+    for garbage in (b"\x00garbage", msgpack.packb([["x", 1.0]]), msgpack.packb([[[name, 8], "one"]]),
+                    msgpack.packb([[[name, 8], [[["MSE", 1.0]], {}]]])):
+        assert not other.load(garbage, decoded)
+    assert len(other) == 0
 
 
 def test_corrupt_records_raise_value_error_only() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from quantlens.core.distribution import Distribution
 from quantlens.daemon.cache import Cache
 from quantlens.daemon.lsp.diagnostics import to_diagnostics
 from quantlens.daemon.project import Project
@@ -79,10 +80,23 @@ def test_an_edit_settles_on_what_a_fresh_run_gives(kind: str, tmp_path: Path, po
 
 
 def test_a_restarted_project_restores_from_the_cache(tmp_path: Path, pool: WorkerPool) -> None:
+    """With the worker's threshold searches: neither the first snapshot after the run nor the
+    one after a restart searches anything (the memo gains parts of distributions only)."""
     root = copy_fixture(tmp_path)
     first = Project(root, root / "quantlens.toml", cache=Cache(root))
     _settle(first, pool)
+    searched = _searches(first)
+    assert searched > 0
+    shown = _shown(first)
+    assert _searches(first) == searched
     second = Project(root, root / "quantlens.toml", cache=Cache(root))
     second.reload_config()
     assert second.restore() and not second.needs_run()
-    assert _shown(second) == _shown(first)
+    assert _searches(second) == searched
+    assert _shown(second) == shown
+    assert _searches(second) == searched
+
+
+def _searches(project: Project) -> int:
+    """Searches in the project's memo (the parts of distributions that keys read are not)."""
+    return sum(not isinstance(v, Distribution) for v in project.memo._searches.values())
