@@ -215,9 +215,17 @@ class _Cells:
         if not self.per_bin:
             self.cum = dist.cumulative(self.bounds)
             self.cell_n, self.cell_s1, self.cell_q, _ = (np.diff(c, axis=1) for c in self.cum)
+        self._curves: dict[float, np.ndarray] = {}
 
     def lp(self, p: float) -> np.ndarray:
-        """Mean |Q(x) - x|^p for every candidate."""
+        """Mean |Q(x) - x|^p for every candidate, computed once per p (NOCLIPPING, MSE and LP
+        at p = 2 read one curve)."""
+        found = self._curves.get(p)
+        if found is None:
+            found = self._curves[p] = self._lp(p)
+        return found
+
+    def _lp(self, p: float) -> np.ndarray:
         if self.per_bin:
             extra = self.dist.within_var / self.total if p == 2.0 else 0.0
             return self._lp_per_bin(p) + extra
