@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import numpy as np
@@ -73,7 +74,8 @@ class Context:
         """The configured method's threshold over one part of a point's values, with the given
         z_threshold and shift: the one re-search every rule uses, memoised across edits."""
         s = self.result.settings
-        z_threshold = effective_z(self.part(p, part), z_threshold)
+        if math.isfinite(z_threshold):  # (an infinite z removes nothing: the part is not needed for the key)
+            z_threshold = effective_z(self.part(p, part), z_threshold)
         key = (p.name, "search", part, s.activation_error_method, p.activation.n_bits, s.l_p_value, z_threshold,
                s.power_of_two_thresholds, signed, shift)
 
