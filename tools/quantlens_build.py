@@ -4,8 +4,8 @@ setuptools builds in the project folder: `pip install .` would leave ``build/`` 
 ``quantlens.egg-info/`` in the user's checkout. Building the wheel and its metadata from a
 copy of the sources (and answering pip's question of what the build needs, which setuptools
 does by writing the egg-info) leaves the checkout as it was. An editable install (``pip
-install -e .``, the Makefile's) must point at the checkout itself, and an sdist must carry the
-whole project, so both run setuptools in place, unchanged.
+install -e .``, the Makefile's) must point at the checkout itself, and an sdist is made of
+the checkout's files, so both run setuptools in place, unchanged.
 """
 
 from __future__ import annotations
