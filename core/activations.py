@@ -19,7 +19,7 @@ import numpy as np
 from quantlens.core.distribution import Distribution
 from quantlens.core.metrics import sqnr_from_sums
 from quantlens.core.settings import QuantSettings
-from quantlens.core.stats import CalibrationResult, PointInfo, PointStats
+from quantlens.core.stats import CalibrationResult, PointInfo, PointStats, decode, encode
 from quantlens.core.thresholds import ErrorMethod, SearchResult, effective_z, search_all
 
 T = TypeVar("T")
@@ -155,7 +155,7 @@ class SearchMemo:
                 entries.append((key, value))
             elif isinstance(value, tuple) and isinstance(value[0], dict):
                 results, sqnr = value
-                entries.append((key, ([_pack_result(r) for r in results.values()], sqnr)))
+                entries.append((key, ([encode(r) for r in results.values()], sqnr)))
         return msgpack.packb(entries, default=_pack_item, strict_types=True, use_bin_type=True)
 
     def load(self, data: bytes | None, calibration: CalibrationResult) -> bool:
@@ -216,7 +216,7 @@ _METHOD_CODE = 1
 
 def _pack_item(value: Any) -> Any:
     """What msgpack's strict types leave: methods, tuples (keys; they come back as tuples) and
-    numpy scalars."""
+    numpy scalars (the results are :func:`quantlens.core.stats.encode`'s maps)."""
     if isinstance(value, ErrorMethod):
         return msgpack.ExtType(_METHOD_CODE, value.value.encode())
     if isinstance(value, tuple):
@@ -232,11 +232,6 @@ def _unpack_method(code: int, data: bytes) -> ErrorMethod:
     return ErrorMethod(data.decode())
 
 
-def _pack_result(r: SearchResult) -> tuple:
-    return (r.method, r.threshold, r.signed, r.n_bits, r.candidates.astype(np.float64).tobytes(),
-            r.errors.astype(np.float64).tobytes(), r.kept_fraction)
-
-
 def _key_of(key: Any) -> str:
     """The point a search's key names (its first item)."""
     if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
@@ -248,13 +243,8 @@ def _unpack_value(value: Any) -> Any:
     if isinstance(value, float):
         return value
     packed, sqnr = value
-    results = {}
-    for method, threshold, signed, n_bits, candidates, errors, kept in packed:
-        results[ErrorMethod(method)] = SearchResult(
-            ErrorMethod(method), float(threshold), bool(signed), int(n_bits),
-            np.frombuffer(candidates, dtype=np.float64).copy(), np.frombuffer(errors, dtype=np.float64).copy(),
-            float(kept))
-    return results, {str(k): float(v) for k, v in sqnr.items()}
+    results = [SearchResult(**decode(r)) for r in packed]
+    return {ErrorMethod(r.method): r for r in results}, {str(k): float(v) for k, v in sqnr.items()}
 
 
 def quantize_activations(calibration: CalibrationResult, settings: QuantSettings,
