@@ -192,7 +192,8 @@ class Project:
         self.memo.load(outcome.searches, calibration)  # the run's searches: the snapshot makes the same
         self.report = outcome.report or self.report
         if self.cache is not None:
-            entry = {"layout": CACHE_LAYOUT, "calibration": calibration.to_msgpack(),
+            # the worker's bytes: the calibration it ran on (this one), not encoded again
+            entry = {"layout": CACHE_LAYOUT, "calibration": outcome.calibration,
                      "measurements": outcome.measurements, "timings": outcome.timings,
                      "searches": outcome.searches}
             try:
