@@ -186,10 +186,15 @@ def search_all(
 
 def argmin_prefer_large(errors: np.ndarray) -> int:
     """Index of the smallest error; near-ties go to the earliest (largest) candidate."""
+    return int(argmin_prefer_large_rows(errors[None, :])[0])
+
+
+def argmin_prefer_large_rows(errors: np.ndarray) -> np.ndarray:
+    """:func:`argmin_prefer_large` of every row of ``errors`` (the weights' channels at once)."""
     finite = np.where(np.isfinite(errors), errors, np.inf)
-    best = float(finite.min())
-    tol = TIE_RTOL * abs(best) + 1e-300
-    return int(np.flatnonzero(finite <= best + tol)[0])
+    best = finite.min(axis=-1, keepdims=True)
+    tol = TIE_RTOL * np.abs(best) + 1e-300
+    return np.argmax(finite <= best + tol, axis=-1)
 
 
 def _no_clipping_index(candidates: np.ndarray, max_abs: float) -> int:
