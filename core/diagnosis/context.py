@@ -24,17 +24,16 @@ NATURAL_RANGES: dict[str, tuple[float, float]] = {
 """Outputs bounded by construction, by activation function or op (``Softmax`` is nn.Softmax)."""
 
 
-def natural_range(p: PointResult) -> tuple[float, float] | None:
-    """The range a point's output lies in by construction (a sigmoid's [0, 1]), or None."""
+UNION_OPS = frozenset({"cat", "stack"})
+"""Ops whose output holds their inputs' values and no others."""
+
+
+def _constructed_range(p: PointResult) -> tuple[float, float] | None:
+    """The range of a point's own activation function or op (a sigmoid's [0, 1]), or None."""
     for name in (p.info.activation, p.info.op):
         if name is not None and name.lower() in NATURAL_RANGES:
             return NATURAL_RANGES[name.lower()]
     return None
-
-
-def is_probability(p: PointResult) -> bool:
-    """A sigmoid or softmax output: bounded to [0, 1], its confident values few and at the top."""
-    return natural_range(p) == (0.0, 1.0)
 
 
 class Context:
@@ -131,4 +130,23 @@ class Context:
     @cached_property
     def by_name(self) -> dict[str, PointResult]:
         return {p.name: p for p in self.points}
+
+    def natural_range(self, p: PointResult) -> tuple[float, float] | None:
+        """The range a point's output lies in by construction, or None: a sigmoid's [0, 1], or
+        for a concatenation of bounded outputs (two heads' probabilities) the union of theirs,
+        while its values lie inside that union (an op between them that is no point, such as
+        a scale, could move it)."""
+        own = _constructed_range(p)
+        if own is not None or p.info.op not in UNION_OPS or not p.info.inputs:
+            return own
+        ranges = [self.natural_range(self.by_name[n]) if n in self.by_name else None for n in p.info.inputs]
+        if any(r is None for r in ranges):
+            return None
+        low, high = min(r[0] for r in ranges if r), max(r[1] for r in ranges if r)
+        return (low, high) if low <= p.activation.min and p.activation.max <= high else None
+
+    def is_probability(self, p: PointResult) -> bool:
+        """A sigmoid or softmax output, or a concatenation of them: bounded to [0, 1], its
+        confident values few and at the top."""
+        return self.natural_range(p) == (0.0, 1.0)
 

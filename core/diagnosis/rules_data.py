@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantlens.core.diagnosis.context import Context, natural_range
+from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import mct
 from quantlens.core.errors import Location
 from quantlens.core.findings import Finding, Recommendation, Severity
@@ -199,7 +199,7 @@ def dataset_mismatch(ctx: Context) -> list[Finding]:
         clipped_val = vdist.shifted(a.shift).mass_outside(low, a.threshold) if a.shift else vdist.mass_outside(low, a.threshold)
         clipped_cal = ctx.dist(p).shifted(a.shift).mass_outside(low, a.threshold) if a.shift else ctx.dist(p).mass_outside(low, a.threshold)
         extra = clipped_val - clipped_cal
-        bound = natural_range(p)
+        bound = ctx.natural_range(p)
         if bound is not None and a.threshold >= bound[1] and (a.signed or bound[0] >= 0):
             extra = 0.0  # nothing lies beyond a bound the output has by construction (a softmax's 1.0)
         if shift > ctx.settings.mismatch_mean_shift or extra > ctx.settings.mismatch_clipped_share:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from quantlens.core.activations import SHIFT_NEGATIVE_ACTIVATIONS, shift_for
-from quantlens.core.diagnosis.context import Context, is_probability
+from quantlens.core.diagnosis.context import Context
 from quantlens.core.diagnosis.rules_error import keep_wide, mct
 from quantlens.core.findings import Finding, Recommendation, Severity
 
@@ -88,12 +88,12 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
 
 
 def outliers_iqr(ctx: Context) -> list[Finding]:
-    """Heavy-tailed points by Tukey's fences. Probability outputs (softmax, sigmoid) are left
-    out: their range is [0, 1] whatever the data, and a sparse one (most mass near 0) has
-    quartiles near 0, so every confident prediction lies beyond 1.5 IQR without being a tail
-    that stretches the grid."""
+    """Heavy-tailed points by Tukey's fences. Probability outputs (softmax, sigmoid and
+    concatenations of them) are left out: their range is [0, 1] whatever the data, and a
+    sparse one (most mass near 0) has quartiles near 0, so every confident prediction lies
+    beyond 1.5 IQR without being a tail that stretches the grid."""
     share = ctx.settings.iqr_outlier_share
-    ranked = sorted((p for p in ctx.quantized if not is_probability(p)), key=lambda p: -p.activation.iqr_outlier_fraction)
+    ranked = sorted((p for p in ctx.quantized if not ctx.is_probability(p)), key=lambda p: -p.activation.iqr_outlier_fraction)
     flagged = [p for p in ranked if p.activation.iqr_outlier_fraction > share]
     top = [{"point": p.name, "iqr_outlier_fraction": p.activation.iqr_outlier_fraction} for p in ranked[: ctx.settings.top_n]]
     findings = []

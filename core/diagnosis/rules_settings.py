@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from quantlens.core.diagnosis.context import Context, natural_range
+from quantlens.core.diagnosis.context import NATURAL_RANGES, Context
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import PointResult
 from quantlens.core.settings import PointOverride
@@ -80,14 +80,14 @@ def _blames(ctx: Context, p: PointResult) -> list[_Blame]:
     if math.isfinite(z):
         without = _search(ctx, p, method, math.inf)
         configured = _Search(a.threshold, a.predicted_sqnr_db)
-        if _damages(p, without, configured):
+        if _damages(ctx.natural_range(p), without, configured):
             name = "z_threshold" if override.z_threshold is None else _override_key(ctx, p, "z_threshold")
             blames.append(_Blame(name, z, without, configured, {"z_threshold": math.inf}))
             z = math.inf
     if method not in (ErrorMethod.NOCLIPPING, REVERT_METHOD):
         without = _search(ctx, p, ErrorMethod.NOCLIPPING, z)
         configured = _search(ctx, p, method, z)
-        if _damages(p, without, configured):
+        if _damages(ctx.natural_range(p), without, configured):
             name = ("activation_error_method" if override.activation_error_method is None
                     else _override_key(ctx, p, "activation_error_method"))
             blames.append(_Blame(name, method.value, without, configured,
@@ -95,11 +95,11 @@ def _blames(ctx: Context, p: PointResult) -> list[_Blame]:
     return blames
 
 
-def _damages(p: PointResult, without: _Search, with_setting: _Search) -> bool:
-    """The setting lowers the threshold and costs more than the point's margin."""
+def _damages(natural: tuple[float, float] | None, without: _Search, with_setting: _Search) -> bool:
+    """The setting lowers the threshold and costs more than the point's margin (a smaller one
+    where it cuts into the ``natural`` range of a bounded output)."""
     if with_setting.threshold >= without.threshold:
         return False
-    natural = natural_range(p)
     inside = natural is not None and with_setting.threshold < max(abs(natural[0]), abs(natural[1]))
     return without.sqnr_db - with_setting.sqnr_db > (BOUNDED_COST_DB if inside else SETTING_COST_DB)
 
@@ -143,11 +143,13 @@ def _finding(ctx: Context, p: PointResult, blames: list[_Blame]) -> Finding:
     fixed_z = math.inf if "z_threshold" in exempted else a.z_threshold
     fixed = _search(ctx, p, fixed_method, fixed_z)
     entry = _exempting_override(ctx, p, blames)
-    natural = natural_range(p)
+    natural = ctx.natural_range(p)
     message = "; ".join(_describe(p.name, b) for b in blames)
     if natural is not None and a.threshold < max(abs(natural[0]), abs(natural[1])):
-        kind = p.info.activation or p.info.op
-        message += (f"; a {kind} output lies in [{natural[0]:g}, {natural[1]:g}] by construction, so the values cut "
+        own = p.info.activation or p.info.op
+        subject = (f"a {own} output" if own.lower() in NATURAL_RANGES
+                   else f"the {p.info.op} of {' and '.join(p.info.inputs)}")
+        message += (f"; {subject} lies in [{natural[0]:g}, {natural[1]:g}] by construction, so the values cut "
                     "are its confident ones, not outliers")
     reverts = " and ".join(_revert(b) for b in blames)
     return Finding(

@@ -206,3 +206,39 @@ def test_sparse_softmax_output_is_no_iqr_outlier() -> None:
     probabilities = result.point("1")
     assert probabilities.info.op == "Softmax" and probabilities.activation.iqr_outlier_fraction > 0.05
     assert not [f for f in diagnose(result) if f.rule == "outliers-iqr" and "1" in f.points]
+
+
+class _TwoHeads(nn.Module):
+    """A softmax head and a sigmoid head, concatenated; the softmax scaled by ``scale`` (an op
+    that is no point) on its way to the concatenation."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 10)
+        self.gate = nn.Linear(8, 4)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(self.body(x) * 20, -1) * self.scale
+        return torch.cat((probabilities, torch.sigmoid(self.gate(x) * 20)), -1)
+
+
+@pytest.mark.parametrize(("scale", "bounded"), [(1.0, True), (3.0, False)])
+def test_a_concatenation_of_probabilities_is_bounded_while_its_values_stay_inside(scale: float, bounded: bool) -> None:
+    """A concatenation holds its inputs' values: of two probability outputs, it lies in [0, 1]
+    and its sparse mass near 0 is no IQR tail (probability_heads' cat_0). A softmax tripled on
+    the way (by an op that is no point) leaves [0, 1]: then it is bounded no more."""
+    from quantlens.core.config import DiagnosisSettings
+    from quantlens.core.diagnosis.context import Context
+    from quantlens.core.settings import QuantSettings
+    from quantlens.core.torch_engine.pipeline import analyze_model
+
+    torch.manual_seed(0)
+    batches = [torch.randn(16, 8) for _ in range(8)]
+    result = analyze_model(_TwoHeads(scale).eval(), lambda: batches, QuantSettings(), [HERE])
+    cat = result.point("cat_0")
+    assert cat.info.inputs == ["softmax_0", "sigmoid_0"]
+    assert cat.activation.iqr_outlier_fraction > 0.05  # the old trigger
+    assert Context(result, DiagnosisSettings()).natural_range(cat) == ((0.0, 1.0) if bounded else None)
+    flagged = [f for f in diagnose(result) if f.rule == "outliers-iqr" and "cat_0" in f.points]
+    assert bool(flagged) is not bounded
