@@ -30,7 +30,7 @@ from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.measurements import Verification
 from quantlens.core.metrics import ErrorSums
-from quantlens.core.result import AnalysisResult
+from quantlens.core.result import AnalysisResult, PointResult
 
 UPSTREAM_CANDIDATES = 3
 """Points ranked by the cumulative-error jump they cause that are confirmed by re-simulation."""
@@ -90,11 +90,11 @@ def joint_changes(findings: list[Finding]) -> list[Change]:
 def upstream_ranking(result: AnalysisResult) -> list[tuple[str, float]]:
     """Points on the path to the output, ranked by how much of the measured error they cause.
 
-    Each point's jump in cumulative noise-to-signal ratio over the point it reads is split:
-    what its own quantization explains (its isolated ratio) is its own, the rest is error it
-    received and amplified (a softmax or a normalisation of noisy logits), credited to the
-    points it reads. Side branches that do not feed the output are never candidates. A cheap
-    ranking from one simulation; re-simulation decides.
+    Each point's jump in cumulative noise-to-signal ratio over the point it reads is split
+    (:func:`_jump`): what its own quantization explains (its isolated ratio) is its own, the
+    rest is error it received and amplified (a softmax or a normalisation of noisy logits),
+    credited to the points it reads. Side branches that do not feed the output are never
+    candidates. A cheap ranking from one simulation; re-simulation decides.
     """
     by_name = {p.name: p for p in result.points}
     eligible = {p.name for p in result.points if p.activation.quantize and p.info.feeds_output}
@@ -102,15 +102,35 @@ def upstream_ranking(result: AnalysisResult) -> list[tuple[str, float]]:
     for p in result.points:
         if p.name not in eligible or p.cumulative is None:
             continue
-        producers = [by_name[n] for n in p.info.inputs if n in by_name and by_name[n].cumulative is not None]
-        before = max((_nsr(q.cumulative) for q in producers), default=0.0)
-        jump = max(_nsr(p.cumulative) - before, 0.0)
-        own = min(_nsr(p.isolated), jump) if p.isolated is not None else jump
+        producers, jump, own = _jump(p, by_name)
         score[p.name] += own
-        receivers = [q.name for q in producers if q.name in eligible]
-        for name in receivers:
-            score[name] += jump - own
+        for q in producers:
+            if q.name in eligible:
+                score[q.name] += jump - own
     return sorted(((n, s) for n, s in score.items() if s > 0), key=lambda item: -item[1])
+
+
+def _jump(p: PointResult, by_name: dict[str, PointResult]) -> tuple[list[PointResult], float, float]:
+    """The points ``p`` reads, its jump in cumulative noise-to-signal ratio over the worst of
+    them, and the part of the jump its own quantization explains (the rest it received)."""
+    producers = [by_name[n] for n in p.info.inputs if n in by_name and by_name[n].cumulative is not None]
+    before = max((_nsr(q.cumulative) for q in producers), default=0.0)
+    jump = max(_nsr(p.cumulative) - before, 0.0)
+    own = min(_nsr(p.isolated), jump) if p.isolated is not None else jump
+    return producers, jump, own
+
+
+def _amplifier(result: AnalysisResult, point: PointResult) -> PointResult | None:
+    """The point that reads ``point`` and amplifies the error it receives the most (a softmax
+    of noisy logits), or None when no reader adds more than its own quantization explains."""
+    by_name = {p.name: p for p in result.points}
+    received = []
+    for q in result.points:
+        if point.name in q.info.inputs and q.cumulative is not None:
+            _, jump, own = _jump(q, by_name)
+            if jump - own > 0:
+                received.append((jump - own, q))
+    return max(received, key=lambda r: r[0])[1] if received else None
 
 
 def apply_verified(findings: list[Finding], result: AnalysisResult, verified: list[Verification],
@@ -222,6 +242,7 @@ def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degra
     locations = tuple(loc for p in points for loc in (p.info.source, p.info.call_site) if loc is not None)
     if not locations and config_location is not None:
         locations = (config_location,)
+    why, reader = _why(result, points)
     return Finding(
         rule="best-fix",
         severity=Severity.WARNING if degraded else Severity.INFO,
@@ -229,16 +250,36 @@ def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degra
                  f"{best.error.sqnr_db:.1f} dB, the most of {tried} changes re-simulated"),
         points=tuple(p.name for p in points),
         locations=tuple(dict.fromkeys(locations)),
-        evidence={"verified": _evidence(best, base), "tried": tried},
+        evidence={"verified": _evidence(best, base), "tried": tried, "amplified_by": reader},
         recommendation=Recommendation(
-            "Of the changes re-simulated, this one gains most at the model output: give this point more bits. "
-            "Where other findings point further downstream, the error shows there but starts here (a softmax, "
-            "sigmoid, normalisation or product amplifies the error of what it reads).",
+            f"Of the changes re-simulated, this one gains most at the model output. {why}",
             config=best.change,
         ),
         predicted=(f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB"
                    f"{_extras(best, result.output.custom)}"),
     )
+
+
+def _why(result: AnalysisResult, points: list[PointResult]) -> tuple[str, str | None]:
+    """Why one point's change helps most, from the simulation, and the reader that amplifies
+    its error (where the error shows, though it starts here; None when its own quantization
+    is the cause, or the change covers several points)."""
+    if len(points) != 1 or points[0].cumulative is None or points[0].isolated is None:
+        return ("Where other findings point further downstream, the error shows there but starts here (a softmax, "
+                "sigmoid, normalisation or product amplifies the error of what it reads).", None)
+    p = points[0]
+    a = p.activation
+    clips = max(a.max, -a.min if a.signed else 0.0) > a.threshold
+    grid = (f"At {a.n_bits} bits the step of {p.name} is {a.threshold / 2 ** (a.n_bits - int(a.signed)):.3g} "
+            f"(threshold {a.threshold:g} over [{a.min:.3g}, {a.max:.3g}]{', clipping what lies beyond' if clips else ''})")
+    reader = _amplifier(result, p)
+    if reader is not None and reader.cumulative is not None and reader.isolated is not None:
+        kind = reader.info.activation or reader.info.op
+        return (f"{reader.name} ({kind}) reads {p.name} and amplifies its error: the cumulative SQNR falls from "
+                f"{p.cumulative.sqnr_db:.1f} dB at {p.name} to {reader.cumulative.sqnr_db:.1f} dB at {reader.name}, "
+                f"whose own quantization alone keeps {reader.isolated.sqnr_db:.1f} dB. {grid}; the error shows "
+                f"downstream but starts here.", reader.name)
+    return f"Its own quantization costs the most: its isolated SQNR is {p.isolated.sqnr_db:.1f} dB. {grid}.", None
 
 
 def _evidence(v: Verification, base: ErrorSums) -> dict[str, Any]:

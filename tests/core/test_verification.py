@@ -34,7 +34,8 @@ def _point(name: str, inputs: list[str], cumulative_db: float, isolated_db: floa
     info = PointInfo(name=name, kind="module", op="Linear", modules=[name], module_types=module_types or ["Linear"],
                      activation=None, source=Location("/ws/model.py", 10 + len(name)), inputs=inputs,
                      feeds_output=feeds_output)
-    return PointResult(info=info, activation=SimpleNamespace(quantize=True),  # type: ignore[arg-type]
+    activation = SimpleNamespace(quantize=True, n_bits=8, signed=True, threshold=4.0, min=-3.0, max=3.5)
+    return PointResult(info=info, activation=activation,  # type: ignore[arg-type]
                        isolated=_sums(isolated_db), cumulative=_sums(cumulative_db))
 
 
@@ -163,6 +164,14 @@ def test_an_upstream_cause_no_finding_named_becomes_the_best_fix() -> None:
     assert best.message == "logits at 16 bits raises the output SQNR from 13.0 to 22.2 dB, the most of 2 changes re-simulated"
     assert best.recommendation.config == _keep("logits") and best.locations == (result.points[1].info.source,)
     assert top["gain_db"] == pytest.approx(9.2) and top["rule"] == "best-fix"
+    # the softmax reads the logits and receives their error: 36 dB at the logits, 13 dB after
+    # it, though its own quantization keeps 45 dB
+    assert best.evidence["amplified_by"] == "softmax"
+    assert best.recommendation.explanation == (
+        "Of the changes re-simulated, this one gains most at the model output. softmax (Linear) reads logits and "
+        "amplifies its error: the cumulative SQNR falls from 36.0 dB at logits to 13.0 dB at softmax, whose own "
+        "quantization alone keeps 45.0 dB. At 8 bits the step of logits is 0.0312 (threshold 4 over [-3, 3.5]); the "
+        "error shows downstream but starts here.")
 
 
 def test_a_fix_the_config_already_holds_is_not_recommended_again() -> None:

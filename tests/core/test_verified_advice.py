@@ -59,9 +59,34 @@ def test_the_logits_a_softmax_amplifies_are_the_top_recommendation() -> None:
     assert best.severity is Severity.WARNING and best.points == ("tagger",)
     assert best.message.startswith(f"tagger at 16 bits raises the output SQNR from {top['output_sqnr_db']:.1f} to "
                                    f"{top['verified_sqnr_db']:.1f} dB")
+    # the fix says why: the softmax reading the logits receives more error than its own
+    # quantization makes (isolated 48 dB, cumulative 15 dB), and the logits' 8-bit step is
+    # their threshold / 128
+    tagger, softmax = result.point("tagger"), result.point("softmax_0")
+    assert best.evidence["amplified_by"] == "softmax_0"
+    assert softmax.isolated.sqnr_db - softmax.cumulative.sqnr_db > 20
+    assert (f"softmax_0 (softmax) reads tagger and amplifies its error: the cumulative SQNR falls from "
+            f"{tagger.cumulative.sqnr_db:.1f} dB at tagger to {softmax.cumulative.sqnr_db:.1f} dB at softmax_0, "
+            f"whose own quantization alone keeps {softmax.isolated.sqnr_db:.1f} dB") in best.recommendation.explanation
+    assert f"the step of tagger is {tagger.activation.threshold / 128:.3g} (threshold 1024 " in best.recommendation.explanation
     (divergence,) = [f for f in result.findings if f.rule == "first-divergence"]
     assert divergence.points == ("softmax_0",) and divergence.severity is Severity.INFO
     assert divergence.evidence["verified"]["gain_db"] < 1.0 and not divergence.recommendation.config
+
+
+def test_a_best_fix_that_no_reader_amplifies_names_its_own_quantization() -> None:
+    """frame_tagger: the input itself is the best fix (no point that reads it receives more
+    error than it makes); the fix quotes the input's own isolated SQNR and its grid, which
+    clips (MSE's threshold 4 against a maximum of 5.4)."""
+    result = fixture_analysis("frame_tagger")
+    (best,) = [f for f in result.findings if f.rule == "best-fix"]
+    point = result.point("input")
+    a = point.activation
+    assert best.points == ("input",) and best.evidence["amplified_by"] is None
+    assert a.threshold == 4.0 and a.max > a.threshold
+    assert (f"Its own quantization costs the most: its isolated SQNR is {point.isolated.sqnr_db:.1f} dB. At 8 bits "
+            f"the step of input is 0.0312 (threshold 4 over [{a.min:.3g}, {a.max:.3g}], clipping what lies beyond).") \
+        in best.recommendation.explanation
 
 
 def test_a_smooth_relu_tail_gets_no_warning_recommending_16_bits() -> None:
