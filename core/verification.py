@@ -7,7 +7,8 @@ likeliest upstream causes) with the change applied, and the findings then quote 
 measured effect on the model output:
 
 * a change that gains at least ``min_fix_gain_db`` is recommended with its measured gain;
-* one that gains less is withdrawn: the finding says what was tried and drops to info;
+* one that gains less is withdrawn (``evidence["withdrawn"]``): the finding says what was
+  tried and drops to info;
 * a change the config already holds is never recommended again;
 * the best measured change is the top recommendation; when no finding recommended it (a
   cause upstream of every symptom), a ``best-fix`` finding names it at its own line.
@@ -212,6 +213,7 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], bas
         f"must gain, so it is not recommended; {where}.",
     )
     severity = Severity.INFO if f.severity is Severity.WARNING else f.severity
+    evidence["withdrawn"] = True
     return dataclasses.replace(f, severity=severity, evidence=evidence, recommendation=tried,
                                predicted=f"measured by re-simulation: {effect}: does not help")
 

@@ -2,8 +2,10 @@
 
 An editor full of warnings is ignored, so the conversion keeps the warnings for the lines where
 something must change: a degraded layer that is fine in isolation (it only inherits error from
-upstream) becomes information naming where the error starts, findings that share a line become
-one diagnostic, and ``min_severity`` drops what the user does not want to see. Every finding
+upstream) becomes information naming where the error starts, information whose fix was
+re-simulated and did not help becomes a hint (on its line for who reads it there, out of the
+problems list), findings that share a line become one diagnostic, and ``min_severity`` drops
+what the user does not want to see. Every finding
 diagnostic links to its rule's section of docs/rules.md and carries the findings as ``data`` for
 the code actions. Never imports torch: the language server runs this on every re-diagnosis.
 """
@@ -30,7 +32,7 @@ SEVERITIES = {
     Severity.WARNING: types.DiagnosticSeverity.Warning,
     Severity.ERROR: types.DiagnosticSeverity.Error,
 }
-_RANKS = {lsp: sev.rank for sev, lsp in SEVERITIES.items()}
+_RANKS = {lsp: sev.rank for sev, lsp in SEVERITIES.items()} | {types.DiagnosticSeverity.Hint: Severity.INFO.rank}
 
 Related = tuple[tuple[Location, str], ...]
 """Other places a diagnostic points to, each with the line of text the editor shows for it."""
@@ -193,10 +195,11 @@ def _merged(shown: list[_Shown], anchor: Location, rules_doc: str) -> types.Diag
     lead = ranked[0].finding
     lines = [lead.message, *(f"also {s.finding.rule}: {s.finding.message}" for s in ranked[1:])]
     related = [pair for s in ranked for pair in s.related]
+    withdrawn = all(s.finding.severity is Severity.INFO and s.finding.evidence.get("withdrawn") for s in ranked)
     return types.Diagnostic(
         range=_range(anchor),
         message="\n".join(lines),
-        severity=SEVERITIES[lead.severity],
+        severity=types.DiagnosticSeverity.Hint if withdrawn else SEVERITIES[lead.severity],
         code=lead.rule,
         code_description=types.CodeDescription(href=f"{rules_doc}#{lead.rule}"),
         source=SOURCE,

@@ -147,6 +147,7 @@ def test_a_fix_that_gains_is_quoted_and_one_that_does_not_is_withdrawn() -> None
     assert judged["outliers-zscore"].evidence["verified"]["gain_db"] == pytest.approx(2.5)
     withdrawn = judged["degraded-layer"]
     assert withdrawn.severity is Severity.INFO and withdrawn.recommendation.config == {}
+    assert withdrawn.evidence["withdrawn"] and "withdrawn" not in judged["outliers-zscore"].evidence
     assert withdrawn.recommendation.explanation.startswith("Tried softmax at 16 bits: output SQNR 13.0 -> 13.4 dB")
     assert withdrawn.recommendation.explanation.endswith("the output's error comes from elsewhere (see the top "
                                                          "recommendation).")
