@@ -23,7 +23,7 @@ from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, decode, encode
 from quantlens.core.weights import WeightReport
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the serialized layout changes; older caches are then recomputed."""
 
 WEIGHT_SETTINGS = ("weights_n_bits", "weights_error_method", "weights_per_channel_threshold", "l_p_value",
@@ -49,10 +49,13 @@ class OutputMetrics:
     float_eval: dict[str, float] = field(default_factory=dict)
     quant_eval: dict[str, float] = field(default_factory=dict)
     custom: dict[str, float] = field(default_factory=dict)
+    batches: list[ErrorSums] = field(default_factory=list)
+    """``error`` split by simulated batch, in order: how far the batches agree."""
 
     def to_json(self) -> dict:
         return {
             **self.error.to_json(),
+            "sqnr_db_by_batch": [b.sqnr_db for b in self.batches],
             "top1_agreement": self.top1_agreement,
             "float_evaluation": self.float_eval,
             "quantized_evaluation": self.quant_eval,
@@ -69,6 +72,8 @@ class Verification:
     error: ErrorSums
     top1_agreement: float | None = None
     custom: dict[str, float] = field(default_factory=dict)
+    batches: list[ErrorSums] = field(default_factory=list)
+    """``error`` split by batch, on the batches of :attr:`OutputMetrics.batches`."""
 
 
 @dataclass
@@ -120,7 +125,8 @@ class Measurements:
             return Measurements(
                 settings=QuantSettings.from_json(obj["settings"]),
                 points={k: _point(decode(v)) for k, v in obj["points"].items()},
-                output=OutputMetrics(**{**output, "error": ErrorSums(**output["error"])}),
+                output=OutputMetrics(**{**output, "error": ErrorSums(**output["error"]),
+                                        "batches": [ErrorSums(**b) for b in output["batches"]]}),
                 weights={k: _weight_report(decode(v)) for k, v in obj["weights"].items()},
                 sensitivity=list(obj["sensitivity"]),
                 validation=CalibrationResult.from_msgpack(obj["validation"]) if obj["validation"] else None,
@@ -145,7 +151,8 @@ def _point(obj: dict) -> PointMeasurement:
 
 
 def _verification(obj: dict) -> Verification:
-    return Verification(dict(obj["change"]), ErrorSums(**obj["error"]), obj["top1_agreement"], dict(obj["custom"]))
+    return Verification(dict(obj["change"]), ErrorSums(**obj["error"]), obj["top1_agreement"], dict(obj["custom"]),
+                        [ErrorSums(**b) for b in obj["batches"]])
 
 
 def _weight_report(obj: dict) -> WeightReport:

@@ -29,7 +29,7 @@ from quantlens.core.diagnosis import NOT_A_CAUSE
 from quantlens.core.diagnosis.rules_error import keep_wide
 from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.findings import Finding, Recommendation, Severity
-from quantlens.core.measurements import Verification
+from quantlens.core.measurements import OutputMetrics, Verification
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult, PointResult
 
@@ -155,7 +155,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
         else:
             own = measured.get(change_key(rec.config))
             joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
-            out.append(_judged(f, own, joint, base, diagnosis, result.output.custom, degraded)
+            out.append(_judged(f, own, joint, result.output, diagnosis, degraded)
                        if own is not None or joint else f)
     if base.count and not degraded and not result.estimated:
         out = [_unfelt(f, base) for f in out]
@@ -173,23 +173,24 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
             out[i] = dataclasses.replace(f, severity=severity, evidence={**f.evidence, "best_fix": True})
             top["rule"] = f.rule
             return out, top
-    finding = _best_fix(result, best, base, degraded, len(verified), config_location)
+    finding = _best_fix(result, best, diagnosis, degraded, len(verified), config_location)
     top["rule"] = finding.rule
     return [*out, finding], top
 
 
-def _judged(f: Finding, own: Verification | None, joint: list[Verification], base: ErrorSums,
-            diagnosis: DiagnosisSettings, custom: dict[str, float], degraded: bool) -> Finding:
+def _judged(f: Finding, own: Verification | None, joint: list[Verification], output: OutputMetrics,
+            diagnosis: DiagnosisSettings, degraded: bool) -> Finding:
     """``f`` with its fix judged by its own verification, or when that alone does not help
     (or was not re-simulated), by the best ``joint`` change that includes it."""
+    base = output.error
     rec = f.recommendation
     assert rec is not None
     evidence = dict(f.evidence)
     alone = ""
     if own is not None:
         gain = _gain(own, base)
-        evidence["verified"] = _evidence(own, base)
-        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_extras(own, custom)}"
+        evidence["verified"] = _evidence(own, output)
+        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_extras(own, output, diagnosis)}"
         if gain >= diagnosis.min_fix_gain_db:
             return dataclasses.replace(f, evidence=evidence, predicted=f"measured by re-simulation: {effect}")
         alone = f" Alone this gains {gain:+.1f} dB at the output;"
@@ -201,9 +202,9 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], bas
             f"({describe(best.change)}) it gains {_gain(best, base):+.1f} dB.",
             config=best.change, mct=rec.mct)
         return dataclasses.replace(
-            f, evidence={**evidence, "verified_joint": _evidence(best, base)}, recommendation=together,
+            f, evidence={**evidence, "verified_joint": _evidence(best, output)}, recommendation=together,
             predicted=(f"measured by re-simulation, together: output SQNR {base.sqnr_db:.1f} -> "
-                       f"{best.error.sqnr_db:.1f} dB{_extras(best, custom)}"))
+                       f"{best.error.sqnr_db:.1f} dB{_extras(best, output, diagnosis)}"))
     if own is None:
         return f
     where = ("the output's error comes from elsewhere (see the top recommendation)" if degraded else
@@ -237,8 +238,9 @@ def _applied(f: Finding) -> Finding:
                                severity=Severity.INFO if f.severity is Severity.WARNING else f.severity)
 
 
-def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degraded: bool, tried: int,
+def _best_fix(result: AnalysisResult, best: Verification, diagnosis: DiagnosisSettings, degraded: bool, tried: int,
               config_location: Any) -> Finding:
+    base = result.output.error
     names = [n for n in (override_name(k) for k in best.change) if n is not None]
     points = [p for p in result.points if p.name in names]
     locations = tuple(loc for p in points for loc in (p.info.source, p.info.call_site) if loc is not None)
@@ -252,13 +254,13 @@ def _best_fix(result: AnalysisResult, best: Verification, base: ErrorSums, degra
                  f"{best.error.sqnr_db:.1f} dB, the most of {tried} changes re-simulated"),
         points=tuple(p.name for p in points),
         locations=tuple(dict.fromkeys(locations)),
-        evidence={"verified": _evidence(best, base), "tried": tried, "amplified_by": reader},
+        evidence={"verified": _evidence(best, result.output), "tried": tried, "amplified_by": reader},
         recommendation=Recommendation(
             f"Of the changes re-simulated, this one gains most at the model output. {why}",
             config=best.change,
         ),
         predicted=(f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB"
-                   f"{_extras(best, result.output.custom)}"),
+                   f"{_extras(best, result.output, diagnosis)}"),
     )
 
 
@@ -284,16 +286,34 @@ def _why(result: AnalysisResult, points: list[PointResult]) -> tuple[str, str | 
     return f"Its own quantization costs the most: its isolated SQNR is {p.isolated.sqnr_db:.1f} dB. {grid}.", None
 
 
-def _evidence(v: Verification, base: ErrorSums) -> dict[str, Any]:
+def _evidence(v: Verification, output: OutputMetrics) -> dict[str, Any]:
+    base = output.error
     return {"change": v.change, "output_sqnr_db": base.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
-            "gain_db": _gain(v, base), "top1_agreement": v.top1_agreement, "custom": v.custom}
+            "gain_db": _gain(v, base), "gain_db_by_batch": batch_gains(v, output),
+            "top1_agreement": v.top1_agreement, "custom": v.custom}
 
 
-def _extras(v: Verification, custom: dict[str, float] | None = None) -> str:
-    """The rest of the measured effect: top-1 agreement, and the user's metrics (before -> after)."""
-    text = f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
+def batch_gains(v: Verification, output: OutputMetrics) -> list[float]:
+    """The change's gain in output SQNR on each simulated batch ([] when the batches are not
+    known): a few samples can carry most of a batch's error, so batches can disagree widely."""
+    if len(v.batches) != len(output.batches):
+        return []
+    return [after.sqnr_db - before.sqnr_db for before, after in zip(output.batches, v.batches)]
+
+
+def _extras(v: Verification, output: OutputMetrics, diagnosis: DiagnosisSettings) -> str:
+    """The rest of the measured effect: the spread of the gain over the batches (and whether
+    they disagree on the decision), top-1 agreement, and the user's metrics (before -> after)."""
+    gains = batch_gains(v, output)
+    text = ""
+    low, high = (min(gains), max(gains)) if gains else (0.0, 0.0)
+    if len(gains) > 1 and f"{low:+.1f}" != f"{high:+.1f}":
+        split = low < diagnosis.min_fix_gain_db <= high
+        text = (f" (by batch {low:+.1f} to {high:+.1f} dB"
+                f"{'; the batches disagree: a larger num_simulation_batches settles it' if split else ''})")
+    text += f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
     for name, value in v.custom.items():
-        before = (custom or {}).get(name)
+        before = output.custom.get(name)
         text += f", {name} {before:.4g} -> {value:.4g}" if before is not None else f", {name} {value:.4g}"
     return text
 

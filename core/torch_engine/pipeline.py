@@ -102,7 +102,8 @@ def measure(
     timings["simulate"] = time.perf_counter() - start
     points = {p.name: PointMeasurement(sim.isolated.get(p.name), sim.cumulative.get(p.name), sim.custom.get(p.name, {}))
               for p in calibration.points}
-    output = OutputMetrics(sim.output, sim.top1_agreement, sim.float_eval, sim.quant_eval, sim.custom.get("__output__", {}))
+    output = OutputMetrics(sim.output, sim.top1_agreement, sim.float_eval, sim.quant_eval, sim.custom.get("__output__", {}),
+                           sim.output_batches)
     validation_stats = None
     if validation is not None:
         validation_stats = calibrate_batches(model, validation(), roots, points=calibration.points)
@@ -119,7 +120,8 @@ def measure(
                           reference=sim.outputs, base=(Variant(acts, weights), sim.tapes), metrics=metrics,
                           progress=_stage(progress, "verify"),
                           total=count * len(changes)) if changes else []
-        measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom) for c, o in zip(changes, outs)]
+        measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom, o.batches)
+                                 for c, o in zip(changes, outs)]
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()

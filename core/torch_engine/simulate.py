@@ -57,6 +57,8 @@ class SimulationResult:
     top1_agreement: float | None
     custom: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per point (and "__output__"): metric name -> mean over batches."""
+    output_batches: list[ErrorSums] = field(default_factory=list)
+    """``output`` split by batch."""
     float_eval: dict[str, float] = field(default_factory=dict)
     quant_eval: dict[str, float] = field(default_factory=dict)
     outputs: list[torch.Tensor] | None = None
@@ -310,6 +312,8 @@ class VariantOutput:
     error: ErrorSums = field(default_factory=ErrorSums)
     top1_agreement: float | None = None
     custom: dict[str, float] = field(default_factory=dict)
+    batches: list[ErrorSums] = field(default_factory=list)
+    """``error`` split by batch."""
 
 
 def simulate(
@@ -370,7 +374,8 @@ def simulate(
     custom = {p: {m: sum(v) / len(v) for m, v in d.items()} for p, d in custom_lists.items()}
     result = output.result()
     return SimulationResult(
-        isolated=isolated, cumulative=cumulative, output=result.error, top1_agreement=result.top1_agreement,
+        isolated=isolated, cumulative=cumulative, output=result.error, output_batches=result.batches,
+        top1_agreement=result.top1_agreement,
         custom={**custom, **({"__output__": result.custom} if result.custom else {})},
         float_eval=float_eval, quant_eval=quant_eval, outputs=kept, tapes=tapes,
     )
@@ -467,7 +472,7 @@ class _OutputAccumulator:
 
     def __init__(self, metrics: dict[str, Metric]):
         self.metrics = metrics
-        self.sums = ErrorSums()
+        self.batches: list[ErrorSums] = []
         self.custom: dict[str, list[float]] = {}
         self.agree = 0
         self.seen = 0
@@ -475,7 +480,7 @@ class _OutputAccumulator:
     def add(self, out_f: torch.Tensor | None, out_q: torch.Tensor | None) -> None:
         if out_f is None or out_q is None or not out_f.is_floating_point() or out_f.shape != out_q.shape:
             return
-        self.sums = self.sums + _sums(out_f, out_q)
+        self.batches.append(_sums(out_f, out_q))
         for name, fn in self.metrics.items():
             self.custom.setdefault(name, []).append(float(fn(out_f, out_q)))
         if out_f.ndim == 2 and out_f.shape[1] > 1:
@@ -483,8 +488,9 @@ class _OutputAccumulator:
             self.seen += out_f.shape[0]
 
     def result(self) -> VariantOutput:
-        return VariantOutput(self.sums, self.agree / self.seen if self.seen else None,
-                             {m: sum(v) / len(v) for m, v in self.custom.items()})
+        total = sum(self.batches, ErrorSums())
+        return VariantOutput(total, self.agree / self.seen if self.seen else None,
+                             {m: sum(v) / len(v) for m, v in self.custom.items()}, list(self.batches))
 
 
 def _quantized_forward(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path],

@@ -154,6 +154,29 @@ def test_a_fix_that_gains_is_quoted_and_one_that_does_not_is_withdrawn() -> None
     assert top["change"] == {"z_threshold": 9} and top["rule"] == "outliers-zscore"
 
 
+def test_the_measured_gain_shows_its_spread_over_the_batches_and_says_when_they_disagree() -> None:
+    """Two simulated batches at 12 and 14 dB: a change that gains 7 and 8 dB on them is
+    recommended with that spread; one that gains +2.5 on the first and -1.0 on the second
+    (+0.5 overall) is withdrawn, and its text says the batches disagree on the decision."""
+    result = _softmax_chain()
+    result.output.batches = [_sums(12.0), _sums(14.0)]
+    steady = Verification(_keep("logits"), _sums(20.0), 0.99, {}, [_sums(19.0), _sums(22.0)])
+    split = Verification({"z_threshold": 9}, _sums(13.5), 0.99, {}, [_sums(14.5), _sums(13.0)])
+    findings, _ = apply_verified([_finding("outliers-zscore", "body", {"z_threshold": 9}),
+                                  _finding("first-divergence", "logits", _keep("logits"))],
+                                 result, [steady, split], DiagnosisSettings())
+    judged = {f.rule: f for f in findings}
+    kept, withdrawn = judged["first-divergence"], judged["outliers-zscore"]
+    assert kept.evidence["verified"]["gain_db_by_batch"] == pytest.approx([7.0, 8.0])
+    assert kept.predicted == ("measured by re-simulation: output SQNR 13.0 -> 20.0 dB (by batch +7.0 to +8.0 dB), "
+                              "top-1 agreement 99.0%")
+    assert withdrawn.evidence["withdrawn"]
+    assert withdrawn.evidence["verified"]["gain_db_by_batch"] == pytest.approx([2.5, -1.0])
+    assert withdrawn.predicted == (
+        "measured by re-simulation: output SQNR 13.0 -> 13.5 dB (by batch -1.0 to +2.5 dB; the batches disagree: a "
+        "larger num_simulation_batches settles it), top-1 agreement 99.0%: does not help")
+
+
 def test_an_upstream_cause_no_finding_named_becomes_the_best_fix() -> None:
     result = _softmax_chain()
     symptom = _finding("degraded-layer", "softmax", _keep("softmax"))

@@ -10,11 +10,13 @@ the points the change leaves alone), so they agree only if both are right.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from quantlens.core.changes import apply_change, change_key
 from quantlens.core.findings import Severity
+from quantlens.core.metrics import ErrorSums
 from quantlens.core.rediagnose import rediagnose
 from quantlens.core.result import AnalysisResult
 from tests.analyses import fixture_analysis, measured
@@ -87,6 +89,26 @@ def test_a_best_fix_that_no_reader_amplifies_names_its_own_quantization() -> Non
     assert (f"Its own quantization costs the most: its isolated SQNR is {point.isolated.sqnr_db:.1f} dB. At 8 bits "
             f"the step of input is 0.0312 (threshold 4 over [{a.min:.3g}, {a.max:.3g}], clipping what lies beyond).") \
         in best.recommendation.explanation
+
+
+def test_the_gains_by_batch_add_up_to_the_measured_gain_and_show_where_batches_disagree() -> None:
+    """mobilenet_like: every simulated batch's error sums add up to the output's, and each
+    verification's to its own; z_threshold = 12 gains on one batch and loses on the other, and
+    its finding says so instead of a bare verdict."""
+    result = fixture_analysis("mobilenet_like")
+    batches = result.output.batches
+    assert len(batches) == result.simulation_batches == 2
+    total = sum(batches, ErrorSums())
+    assert total.sum_ee == pytest.approx(result.output.error.sum_ee, rel=1e-12)
+    assert total.sum_xx == pytest.approx(result.output.error.sum_xx, rel=1e-12)
+    for v in result.verified:
+        assert sum(v.batches, ErrorSums()).sum_ee == pytest.approx(v.error.sum_ee, rel=1e-12)
+    (z,) = [f for f in result.findings if f.evidence.get("verified", {}).get("change") == {"z_threshold": 12.0}]
+    gains = z.evidence["verified"]["gain_db_by_batch"]
+    assert gains == pytest.approx([10 * math.log10(b.sum_ee / v.sum_ee) for b, v in
+                                   zip(batches, next(v for v in result.verified if v.change == {"z_threshold": 12.0}).batches)])
+    assert min(gains) < 1.0 <= max(gains)
+    assert "the batches disagree: a larger num_simulation_batches settles it" in z.predicted
 
 
 def test_a_smooth_relu_tail_gets_no_warning_recommending_16_bits() -> None:
