@@ -58,7 +58,8 @@ class FuncRef:
 SIMULATION_BATCHES = 2
 """Default ``num_simulation_batches``: the errors are means over many values, so they settle
 on far fewer batches than the thresholds need (BENCHMARKS.md measures the difference); each
-simulated batch costs about three forwards and each verified change one more."""
+simulated batch costs about three forwards and each verified change one more. A verified
+change whose simulated batches disagree about its gain is measured again on every batch."""
 
 @dataclass(frozen=True)
 class ProjectConfig:

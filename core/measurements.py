@@ -73,7 +73,12 @@ class Verification:
     top1_agreement: float | None = None
     custom: dict[str, float] = field(default_factory=dict)
     batches: list[ErrorSums] = field(default_factory=list)
-    """``error`` split by batch, on the batches of :attr:`OutputMetrics.batches`."""
+    """``error`` split by batch, on the batches of :attr:`OutputMetrics.batches` (or of
+    ``reference``'s)."""
+    reference: OutputMetrics | None = None
+    """The unchanged model's output on this verification's batches when they are not the
+    simulation's: a change whose simulated batches disagreed about it, measured again on every
+    calibration batch. None: compare with the simulation's output."""
 
 
 @dataclass
@@ -121,12 +126,10 @@ class Measurements:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
             if not isinstance(obj, dict) or obj.get("version") != FORMAT_VERSION:
                 raise ValueError("not a quantlens measurements record of this version")
-            output = decode(obj["output"])
             return Measurements(
                 settings=QuantSettings.from_json(obj["settings"]),
                 points={k: _point(decode(v)) for k, v in obj["points"].items()},
-                output=OutputMetrics(**{**output, "error": ErrorSums(**output["error"]),
-                                        "batches": [ErrorSums(**b) for b in output["batches"]]}),
+                output=_output(decode(obj["output"])),
                 weights={k: _weight_report(decode(v)) for k, v in obj["weights"].items()},
                 sensitivity=list(obj["sensitivity"]),
                 validation=CalibrationResult.from_msgpack(obj["validation"]) if obj["validation"] else None,
@@ -150,9 +153,14 @@ def _point(obj: dict) -> PointMeasurement:
     )
 
 
+def _output(obj: dict) -> OutputMetrics:
+    return OutputMetrics(**{**obj, "error": ErrorSums(**obj["error"]), "batches": [ErrorSums(**b) for b in obj["batches"]]})
+
+
 def _verification(obj: dict) -> Verification:
     return Verification(dict(obj["change"]), ErrorSums(**obj["error"]), obj["top1_agreement"], dict(obj["custom"]),
-                        [ErrorSums(**b) for b in obj["batches"]])
+                        [ErrorSums(**b) for b in obj["batches"]],
+                        _output(obj["reference"]) if obj["reference"] is not None else None)
 
 
 def _weight_report(obj: dict) -> WeightReport:

@@ -159,13 +159,14 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
                        if own is not None or joint else f)
     if base.count and not degraded and not result.estimated:
         out = [_unfelt(f, base) for f in out]
-    best = max((v for v in verified if _gain(v, base) >= diagnosis.min_fix_gain_db),
-               key=lambda v: _gain(v, base), default=None)
+    best = max((v for v in verified if _gain(v, result.output) >= diagnosis.min_fix_gain_db),
+               key=lambda v: _gain(v, result.output), default=None)
     if best is None:
         return out, None
     key = change_key(best.change)
-    top = {"change": best.change, "description": describe(best.change), "output_sqnr_db": base.sqnr_db,
-           "verified_sqnr_db": best.error.sqnr_db, "gain_db": _gain(best, base),
+    top = {"change": best.change, "description": describe(best.change),
+           "output_sqnr_db": _against(best, result.output).error.sqnr_db,
+           "verified_sqnr_db": best.error.sqnr_db, "gain_db": _gain(best, result.output),
            "top1_agreement": best.top1_agreement, "tried": len(verified)}
     for i, f in enumerate(out):
         if f.recommendation and change_key(f.recommendation.config) == key:
@@ -173,7 +174,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
             out[i] = dataclasses.replace(f, severity=severity, evidence={**f.evidence, "best_fix": True})
             top["rule"] = f.rule
             return out, top
-    finding = _best_fix(result, best, diagnosis, degraded, len(verified), config_location)
+    finding = _best_fix(result, best, degraded, len(verified), config_location)
     top["rule"] = finding.rule
     return [*out, finding], top
 
@@ -182,29 +183,28 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], out
             diagnosis: DiagnosisSettings, degraded: bool) -> Finding:
     """``f`` with its fix judged by its own verification, or when that alone does not help
     (or was not re-simulated), by the best ``joint`` change that includes it."""
-    base = output.error
+    base = output.error  # the simulation's: what the finding's own words rest on
     rec = f.recommendation
     assert rec is not None
     evidence = dict(f.evidence)
     alone = ""
     if own is not None:
-        gain = _gain(own, base)
+        gain = _gain(own, output)
         evidence["verified"] = _evidence(own, output)
-        effect = f"output SQNR {base.sqnr_db:.1f} -> {own.error.sqnr_db:.1f} dB{_extras(own, output, diagnosis)}"
+        effect = _effect(own, output)
         if gain >= diagnosis.min_fix_gain_db:
             return dataclasses.replace(f, evidence=evidence, predicted=f"measured by re-simulation: {effect}")
         alone = f" Alone this gains {gain:+.1f} dB at the output;"
-    helpful = [j for j in joint if _gain(j, base) >= diagnosis.min_fix_gain_db]
+    helpful = [j for j in joint if _gain(j, output) >= diagnosis.min_fix_gain_db]
     if helpful:
-        best = max(helpful, key=lambda j: _gain(j, base))
+        best = max(helpful, key=lambda j: _gain(j, output))
         together = Recommendation(
             f"{rec.explanation}{alone} applied together with the same fix at the other points "
-            f"({describe(best.change)}) it gains {_gain(best, base):+.1f} dB.",
+            f"({describe(best.change)}) it gains {_gain(best, output):+.1f} dB.",
             config=best.change, mct=rec.mct)
         return dataclasses.replace(
             f, evidence={**evidence, "verified_joint": _evidence(best, output)}, recommendation=together,
-            predicted=(f"measured by re-simulation, together: output SQNR {base.sqnr_db:.1f} -> "
-                       f"{best.error.sqnr_db:.1f} dB{_extras(best, output, diagnosis)}"))
+            predicted=f"measured by re-simulation, together: {_effect(best, output)}")
     if own is None:
         return f
     where = ("the output's error comes from elsewhere (see the top recommendation)" if degraded else
@@ -238,9 +238,9 @@ def _applied(f: Finding) -> Finding:
                                severity=Severity.INFO if f.severity is Severity.WARNING else f.severity)
 
 
-def _best_fix(result: AnalysisResult, best: Verification, diagnosis: DiagnosisSettings, degraded: bool, tried: int,
+def _best_fix(result: AnalysisResult, best: Verification, degraded: bool, tried: int,
               config_location: Any) -> Finding:
-    base = result.output.error
+    base = _against(best, result.output).error
     names = [n for n in (override_name(k) for k in best.change) if n is not None]
     points = [p for p in result.points if p.name in names]
     locations = tuple(loc for p in points for loc in (p.info.source, p.info.call_site) if loc is not None)
@@ -259,8 +259,7 @@ def _best_fix(result: AnalysisResult, best: Verification, diagnosis: DiagnosisSe
             f"Of the changes re-simulated, this one gains most at the model output. {why}",
             config=best.change,
         ),
-        predicted=(f"measured by re-simulation: output SQNR {base.sqnr_db:.1f} -> {best.error.sqnr_db:.1f} dB"
-                   f"{_extras(best, result.output, diagnosis)}"),
+        predicted=f"measured by re-simulation: {_effect(best, result.output)}",
     )
 
 
@@ -287,39 +286,56 @@ def _why(result: AnalysisResult, points: list[PointResult]) -> tuple[str, str | 
 
 
 def _evidence(v: Verification, output: OutputMetrics) -> dict[str, Any]:
-    base = output.error
-    return {"change": v.change, "output_sqnr_db": base.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
-            "gain_db": _gain(v, base), "gain_db_by_batch": batch_gains(v, output),
+    return {"change": v.change, "output_sqnr_db": _against(v, output).error.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
+            "gain_db": _gain(v, output), "gain_db_by_batch": batch_gains(v, output), "batches": len(v.batches),
             "top1_agreement": v.top1_agreement, "custom": v.custom}
 
 
 def batch_gains(v: Verification, output: OutputMetrics) -> list[float]:
-    """The change's gain in output SQNR on each simulated batch ([] when the batches are not
-    known): a few samples can carry most of a batch's error, so batches can disagree widely."""
-    if len(v.batches) != len(output.batches):
+    """The change's gain in output SQNR on each batch it was measured on ([] when the batches
+    are not known): a few samples can carry most of a batch's error, so batches can disagree
+    widely."""
+    reference = _against(v, output)
+    if len(v.batches) != len(reference.batches):
         return []
-    return [after.sqnr_db - before.sqnr_db for before, after in zip(output.batches, v.batches)]
+    return [after.sqnr_db - before.sqnr_db for before, after in zip(reference.batches, v.batches)]
 
 
-def _extras(v: Verification, output: OutputMetrics, diagnosis: DiagnosisSettings) -> str:
-    """The rest of the measured effect: the spread of the gain over the batches (and whether
-    they disagree on the decision), top-1 agreement, and the user's metrics (before -> after)."""
+def undecided(v: Verification, output: OutputMetrics, min_gain_db: float) -> bool:
+    """Whether the batches ``v`` was measured on disagree about whether it gains ``min_gain_db``
+    (some do, some do not): then its simulated batches cannot decide, and more batches must."""
     gains = batch_gains(v, output)
-    text = ""
+    return len(gains) > 1 and min(gains) < min_gain_db <= max(gains)
+
+
+def _effect(v: Verification, output: OutputMetrics) -> str:
+    """'output SQNR 16.9 -> 19.2 dB on all 8 batches (by batch ...), top-1 agreement ...'."""
+    reference = _against(v, output)
+    where = f" on all {len(v.batches)} batches" if v.reference is not None else ""
+    return f"output SQNR {reference.error.sqnr_db:.1f} -> {v.error.sqnr_db:.1f} dB{where}{_extras(v, output)}"
+
+
+def _extras(v: Verification, output: OutputMetrics) -> str:
+    """The rest of the measured effect: the spread of the gain over the batches, top-1
+    agreement, and the user's metrics (before -> after)."""
+    gains = batch_gains(v, output)
     low, high = (min(gains), max(gains)) if gains else (0.0, 0.0)
-    if len(gains) > 1 and f"{low:+.1f}" != f"{high:+.1f}":
-        split = low < diagnosis.min_fix_gain_db <= high
-        text = (f" (by batch {low:+.1f} to {high:+.1f} dB"
-                f"{'; the batches disagree: a larger num_simulation_batches settles it' if split else ''})")
+    text = f" (by batch {low:+.1f} to {high:+.1f} dB)" if len(gains) > 1 and f"{low:+.1f}" != f"{high:+.1f}" else ""
     text += f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
     for name, value in v.custom.items():
-        before = output.custom.get(name)
+        before = _against(v, output).custom.get(name)
         text += f", {name} {before:.4g} -> {value:.4g}" if before is not None else f", {name} {value:.4g}"
     return text
 
 
-def _gain(v: Verification, base: ErrorSums) -> float:
-    return v.error.sqnr_db - base.sqnr_db
+def _gain(v: Verification, output: OutputMetrics) -> float:
+    return v.error.sqnr_db - _against(v, output).error.sqnr_db
+
+
+def _against(v: Verification, output: OutputMetrics) -> OutputMetrics:
+    """What ``v`` is compared with: the unchanged model on its own batches (when it was
+    measured again on every batch), else the simulation's output."""
+    return v.reference if v.reference is not None else output
 
 
 def _output_degraded(result: AnalysisResult, diagnosis: DiagnosisSettings) -> bool:

@@ -39,7 +39,7 @@ from quantlens.core.torch_engine.simulate import (
     simulate,
 )
 from quantlens.core.torch_engine.sources import ConstructionSites
-from quantlens.core.verification import candidates
+from quantlens.core.verification import candidates, undecided
 from torch import nn
 
 BatchSource = Callable[[], Iterable[Any]]
@@ -70,10 +70,13 @@ def measure(
     simulation_batches: int | None = SIMULATION_BATCHES,
     memo: SearchMemo | None = None,
     forwards: Forwards | None = None,
+    settle_gain_db: float | None = None,
 ) -> Measurements:
     """Everything after calibration that needs the model: the simulation (on the first
     ``simulation_batches`` batches; None: all), the weights, the verification of the changes
-    ``choose`` picks from its diagnosis, and with ``sensitivity`` the sensitivity search.
+    ``choose`` picks from its diagnosis (with ``settle_gain_db``, those whose simulated batches
+    disagree about gaining it measured again on every batch), and with ``sensitivity`` the
+    sensitivity search.
     ``forwards``: the simulated batches and their float forwards, kept by the calibration that
     just ran (None: the batches are read again and their float passes run)."""
     timings = timings if timings is not None else {}
@@ -122,6 +125,9 @@ def measure(
                           total=count * len(changes)) if changes else []
         measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom, o.batches)
                                  for c, o in zip(changes, outs)]
+        if settle_gain_db is not None and count < calibration.num_batches:
+            _settle(model, calibration, measurements, Variant(acts, weights), variant, batches, roots, metrics,
+                    _stage(progress, "verify"), settle_gain_db)
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()
@@ -186,6 +192,26 @@ class _Variants:
         fresh, _ = quantize_model_weights(self.model, points, settings, self.calibration.stats)
         names = {p.name for p in points}
         return Variant(acts, {**{k: v for k, v in self.weights.items() if k not in names}, **fresh})
+
+
+def _settle(model: nn.Module, calibration: CalibrationResult, measurements: Measurements, base: Variant,
+            variants: _Variants, batches: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
+            progress: Callable[[int, int | None], None] | None, min_gain_db: float) -> None:
+    """Measure again, on every calibration batch, the verified changes whose simulated batches
+    disagree about whether they gain ``min_gain_db`` (one batch gains +4 dB, the other loses
+    1): two batches cannot decide those, all of them can. The unchanged model runs beside
+    them, for the reference on the same batches. Only where the batches disagree: on most
+    models no change does, and the run costs nothing more."""
+    at = [i for i, v in enumerate(measurements.verified) if undecided(v, measurements.output, min_gain_db)]
+    if not at:
+        return
+    runs = [base, *(variants.of(measurements.verified[i].change) for i in at)]
+    outs = resimulate(model, calibration.points, runs, batches(), roots, metrics=metrics, progress=progress,
+                      total=calibration.num_batches * len(runs))
+    reference = OutputMetrics(outs[0].error, outs[0].top1_agreement, custom=outs[0].custom, batches=outs[0].batches)
+    for i, out in zip(at, outs[1:]):
+        change = measurements.verified[i].change
+        measurements.verified[i] = Verification(change, out.error, out.top1_agreement, out.custom, out.batches, reference)
 
 
 def _weight_bits(settings: QuantSettings, point: PointInfo) -> tuple[int, bool]:
@@ -309,7 +335,8 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
     measurements = measure(model, calibration, batches, config.settings, roots, metrics=metrics,
                            validation=validation if validation_ref else None, evaluate=evaluate,
                            progress=progress, timings=timings, choose=choose, sensitivity=sensitivity,
-                           simulation_batches=config.num_simulation_batches, memo=memo, forwards=forwards)
+                           simulation_batches=config.num_simulation_batches, memo=memo, forwards=forwards,
+                           settle_gain_db=config.diagnosis.min_fix_gain_db)
     return calibration, measurements, timings
 
 
