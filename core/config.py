@@ -59,7 +59,8 @@ SIMULATION_BATCHES = 2
 """Default ``num_simulation_batches``: the errors are means over many values, so they settle
 on far fewer batches than the thresholds need (BENCHMARKS.md measures the difference); each
 simulated batch costs about three forwards and each verified change one more. A verified
-change whose simulated batches disagree about its gain is measured again on every batch."""
+change whose simulated batches disagree about its gain, and the top recommendation when they
+lie far apart, are measured again on every batch."""
 
 @dataclass(frozen=True)
 class ProjectConfig:

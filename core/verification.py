@@ -301,6 +301,27 @@ def batch_gains(v: Verification, output: OutputMetrics) -> list[float]:
     return [after.sqnr_db - before.sqnr_db for before, after in zip(reference.batches, v.batches)]
 
 
+SETTLE_SPREAD_DB = 2.0
+"""The top recommendation is measured again on every batch when its gain on the simulated
+batches differs by more than this between them: it is the number a user acts on, and about
+half the spread is how far off it may be (probability_heads: +17.6 and +8.0 dB on two batches,
++4.5 dB on all eight)."""
+
+
+def to_settle(verified: list[Verification], output: OutputMetrics, min_gain_db: float) -> list[int]:
+    """Which verified changes the simulated batches cannot settle, to be measured again on
+    every batch: those the batches disagree on (:func:`undecided`), and the best of the others
+    (the top recommendation) when its batches are more than :data:`SETTLE_SPREAD_DB` apart."""
+    at = [i for i, v in enumerate(verified) if undecided(v, output, min_gain_db)]
+    passing = [i for i, v in enumerate(verified) if i not in at and _gain(v, output) >= min_gain_db]
+    if passing:
+        best = max(passing, key=lambda i: _gain(verified[i], output))
+        gains = batch_gains(verified[best], output)
+        if gains and max(gains) - min(gains) > SETTLE_SPREAD_DB:
+            at.append(best)
+    return sorted(at)
+
+
 def undecided(v: Verification, output: OutputMetrics, min_gain_db: float) -> bool:
     """Whether the batches ``v`` was measured on disagree about whether it gains ``min_gain_db``
     (some do, some do not): then its simulated batches cannot decide, and more batches must."""

@@ -39,7 +39,7 @@ from quantlens.core.torch_engine.simulate import (
     simulate,
 )
 from quantlens.core.torch_engine.sources import ConstructionSites
-from quantlens.core.verification import candidates, undecided
+from quantlens.core.verification import candidates, to_settle
 from torch import nn
 
 BatchSource = Callable[[], Iterable[Any]]
@@ -74,9 +74,9 @@ def measure(
 ) -> Measurements:
     """Everything after calibration that needs the model: the simulation (on the first
     ``simulation_batches`` batches; None: all), the weights, the verification of the changes
-    ``choose`` picks from its diagnosis (with ``settle_gain_db``, those whose simulated batches
-    disagree about gaining it measured again on every batch), and with ``sensitivity`` the
-    sensitivity search.
+    ``choose`` picks from its diagnosis (with ``settle_gain_db``, the gain a fix must make,
+    those the simulated batches cannot settle measured again on every batch), and with
+    ``sensitivity`` the sensitivity search.
     ``forwards``: the simulated batches and their float forwards, kept by the calibration that
     just ran (None: the batches are read again and their float passes run)."""
     timings = timings if timings is not None else {}
@@ -197,12 +197,12 @@ class _Variants:
 def _settle(model: nn.Module, calibration: CalibrationResult, measurements: Measurements, base: Variant,
             variants: _Variants, batches: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
             progress: Callable[[int, int | None], None] | None, min_gain_db: float) -> None:
-    """Measure again, on every calibration batch, the verified changes whose simulated batches
-    disagree about whether they gain ``min_gain_db`` (one batch gains +4 dB, the other loses
-    1): two batches cannot decide those, all of them can. The unchanged model runs beside
-    them, for the reference on the same batches. Only where the batches disagree: on most
-    models no change does, and the run costs nothing more."""
-    at = [i for i, v in enumerate(measurements.verified) if undecided(v, measurements.output, min_gain_db)]
+    """Measure again, on every calibration batch, the verified changes the simulated batches
+    cannot settle (:func:`quantlens.core.verification.to_settle`): those they disagree on
+    (one batch gains +4 dB, the other loses 1), and the top recommendation when its batches
+    lie far apart. The unchanged model runs beside them, for the reference on the same
+    batches. Only there: on most models the batches agree, and the run costs nothing more."""
+    at = to_settle(measurements.verified, measurements.output, min_gain_db)
     if not at:
         return
     runs = [base, *(variants.of(measurements.verified[i].change) for i in at)]

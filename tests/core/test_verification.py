@@ -18,7 +18,14 @@ from quantlens.core.metrics import ErrorSums
 from quantlens.core.result import AnalysisResult, PointResult
 from quantlens.core.settings import PointOverride, QuantSettings
 from quantlens.core.stats import PointInfo
-from quantlens.core.verification import apply_verified, candidates, joint_changes, undecided, upstream_ranking
+from quantlens.core.verification import (
+    apply_verified,
+    candidates,
+    joint_changes,
+    to_settle,
+    undecided,
+    upstream_ranking,
+)
 
 WIDE = {"activation_n_bits": 16, "weights_n_bits": 16}
 
@@ -177,6 +184,22 @@ def test_the_measured_gain_shows_its_spread_over_the_batches() -> None:
                                    "top-1 agreement 99.0%: does not help")
     assert undecided(split, result.output, 1.0) and not undecided(steady, result.output, 1.0)
     assert not undecided(split, result.output, 3.0)  # no batch gains 3 dB: they agree it does not
+
+
+def test_what_the_simulated_batches_cannot_settle_is_measured_again() -> None:
+    """Batches at 12 and 14 dB. Measured again on every batch: a change they disagree on
+    (+2.5 / -1.0 dB), and the top recommendation when its two gains lie more than
+    SETTLE_SPREAD_DB apart (+12 / +7 dB); not a close runner-up (+7 / +8 dB), nor the top
+    when its batches agree."""
+    output = _softmax_chain().output
+    output.batches = [_sums(12.0), _sums(14.0)]
+    split = Verification({"z_threshold": 9}, _sums(13.5), 0.99, {}, [_sums(14.5), _sums(13.0)])
+    steady = Verification(_keep("logits"), _sums(20.0), 0.99, {}, [_sums(19.0), _sums(22.0)])
+    wide = Verification(_keep("body"), _sums(22.0), 0.99, {}, [_sums(24.0), _sums(21.0)])
+    assert to_settle([split, steady, wide], output, 1.0) == [0, 2]
+    assert to_settle([split, steady], output, 1.0) == [0]  # the top (steady) is +7 / +8: no need
+    assert to_settle([steady], output, 1.0) == []
+    assert to_settle([wide], output, 13.0) == []  # the best gains under 13 dB: no recommendation to quote
 
 
 def test_an_upstream_cause_no_finding_named_becomes_the_best_fix() -> None:

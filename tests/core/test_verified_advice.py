@@ -60,7 +60,11 @@ def test_the_logits_a_softmax_amplifies_are_the_top_recommendation() -> None:
     result = fixture_analysis("probability_heads")
     top = result.top_recommendation
     assert top is not None and top["change"] == {'overrides."tagger"': {"activation_n_bits": 16, "weights_n_bits": 16}}
-    assert top["rule"] == "best-fix" and top["gain_db"] >= 10.0
+    # its two simulated batches gain +17.6 and +8.0 dB: too far apart to quote, so it is
+    # measured again on all 8 (+4.5 dB there)
+    (verified,) = [v for v in result.verified if v.change == top["change"]]
+    assert verified.reference is not None and len(verified.batches) == 8
+    assert top["rule"] == "best-fix" and top["gain_db"] >= 3.0
     assert result.point("tagger").isolated.sqnr_db > 30  # the logits' own error is fine: ranking by it misses them
     (best,) = [f for f in result.findings if f.rule == "best-fix"]
     assert best.severity is Severity.WARNING and best.points == ("tagger",)
