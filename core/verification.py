@@ -31,6 +31,7 @@ from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.measurements import OutputMetrics, Verification
 from quantlens.core.metrics import ErrorSums
+from quantlens.core.quantizer import Grid
 from quantlens.core.result import AnalysisResult, PointResult
 
 UPSTREAM_CANDIDATES = 3
@@ -273,7 +274,8 @@ def _why(result: AnalysisResult, points: list[PointResult]) -> tuple[str, str | 
     p = points[0]
     a = p.activation
     clips = max(a.max, -a.min if a.signed else 0.0) > a.threshold
-    grid = (f"At {a.n_bits} bits the step of {p.name} is {a.threshold / 2 ** (a.n_bits - int(a.signed)):.3g} "
+    step = Grid.of(a.threshold, a.n_bits, a.signed).step
+    grid = (f"At {a.n_bits} bits the step of {p.name} is {step:.3g} "
             f"(threshold {a.threshold:g} over [{a.min:.3g}, {a.max:.3g}]{', clipping what lies beyond' if clips else ''})")
     reader = _amplifier(result, p)
     if reader is not None and reader.cumulative is not None and reader.isolated is not None:
