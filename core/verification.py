@@ -313,13 +313,15 @@ half the spread is how far off it may be (probability_heads: +17.6 and +8.0 dB o
 def to_settle(verified: list[Verification], output: OutputMetrics, min_gain_db: float) -> list[int]:
     """Which verified changes the simulated batches cannot settle, to be measured again on
     every batch: those the batches disagree on (:func:`undecided`), and the best of the others
-    (the top recommendation) when its batches are more than :data:`SETTLE_SPREAD_DB` apart."""
-    at = [i for i, v in enumerate(verified) if undecided(v, output, min_gain_db)]
+    (the top recommendation) when its batches are more than :data:`SETTLE_SPREAD_DB` apart.
+    Changes already measured on every batch are settled: after they are, this names only a
+    runner-up that now looks best and whose batches lie apart (none, usually)."""
+    at = [i for i, v in enumerate(verified) if v.reference is None and undecided(v, output, min_gain_db)]
     passing = [i for i, v in enumerate(verified) if i not in at and _gain(v, output) >= min_gain_db]
     if passing:
         best = max(passing, key=lambda i: _gain(verified[i], output))
         gains = batch_gains(verified[best], output)
-        if gains and max(gains) - min(gains) > SETTLE_SPREAD_DB:
+        if verified[best].reference is None and gains and max(gains) - min(gains) > SETTLE_SPREAD_DB:
             at.append(best)
     return sorted(at)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,6 +37,7 @@ from quantlens.core.torch_engine.simulate import (
     QuantizedWeights,
     SimulationResult,
     Variant,
+    VariantOutput,
     resimulate,
     simulate,
 )
@@ -105,8 +108,7 @@ def measure(
     timings["simulate"] = time.perf_counter() - start
     points = {p.name: PointMeasurement(sim.isolated.get(p.name), sim.cumulative.get(p.name), sim.custom.get(p.name, {}))
               for p in calibration.points}
-    output = OutputMetrics(sim.output, sim.top1_agreement, sim.float_eval, sim.quant_eval, sim.custom.get("__output__", {}),
-                           sim.output_batches)
+    output = _metrics(sim.output, sim.float_eval, sim.quant_eval)
     validation_stats = None
     if validation is not None:
         validation_stats = calibrate_batches(model, validation(), roots, points=calibration.points)
@@ -123,11 +125,10 @@ def measure(
                           reference=sim.outputs, base=(Variant(acts, weights), sim.tapes), metrics=metrics,
                           progress=_stage(progress, "verify"),
                           total=count * len(changes)) if changes else []
-        measurements.verified = [Verification(c, o.error, o.top1_agreement, o.custom, o.batches)
-                                 for c, o in zip(changes, outs)]
+        measurements.verified = [_verification(c, o) for c, o in zip(changes, outs)]
         if settle_gain_db is not None and count < calibration.num_batches:
-            _settle(model, calibration, measurements, Variant(acts, weights), variant, batches, roots, metrics,
-                    _stage(progress, "verify"), settle_gain_db)
+            _Settling(model, calibration, Variant(acts, weights), variant, batches, roots, metrics,
+                      _stage(progress, "verify"), count, sim.output, outs).run(measurements, settle_gain_db)
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()
@@ -194,24 +195,59 @@ class _Variants:
         return Variant(acts, {**{k: v for k, v in self.weights.items() if k not in names}, **fresh})
 
 
-def _settle(model: nn.Module, calibration: CalibrationResult, measurements: Measurements, base: Variant,
-            variants: _Variants, batches: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
-            progress: Callable[[int, int | None], None] | None, min_gain_db: float) -> None:
-    """Measure again, on every calibration batch, the verified changes the simulated batches
+class _Settling:
+    """Measuring again, on every calibration batch, the verified changes the simulated batches
     cannot settle (:func:`quantlens.core.verification.to_settle`): those they disagree on
     (one batch gains +4 dB, the other loses 1), and the top recommendation when its batches
-    lie far apart. The unchanged model runs beside them, for the reference on the same
-    batches. Only there: on most models the batches agree, and the run costs nothing more."""
-    at = to_settle(measurements.verified, measurements.output, min_gain_db)
-    if not at:
-        return
-    runs = [base, *(variants.of(measurements.verified[i].change) for i in at)]
-    outs = resimulate(model, calibration.points, runs, batches(), roots, metrics=metrics, progress=progress,
-                      total=calibration.num_batches * len(runs))
-    reference = OutputMetrics(outs[0].error, outs[0].top1_agreement, custom=outs[0].custom, batches=outs[0].batches)
-    for i, out in zip(at, outs[1:]):
-        change = measurements.verified[i].change
-        measurements.verified[i] = Verification(change, out.error, out.top1_agreement, out.custom, out.batches, reference)
+    lie far apart. Only the batches after the simulated ones run (the unchanged model beside
+    the changes, for the reference); their outputs join the simulated batches' outputs. On most
+    models the batches agree, and this costs nothing."""
+
+    def __init__(self, model: nn.Module, calibration: CalibrationResult, base: Variant, variants: _Variants,
+                 batches: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
+                 progress: Callable[[int, int | None], None] | None, simulated: int, base_output: VariantOutput,
+                 outputs: list[VariantOutput]):
+        self.model, self.calibration, self.base, self.variants = model, calibration, base, variants
+        self.batches, self.roots, self.metrics, self.progress = batches, roots, metrics, progress
+        self.simulated = simulated
+        self.first = outputs
+        """Each verified change's output on the simulated batches."""
+        self.reference = base_output
+        """The unchanged model's output: on the simulated batches until the rest have run."""
+        self.rest_run = False
+
+    def run(self, measurements: Measurements, min_gain_db: float) -> None:
+        """Settle until the best change is settled or its batches agree: once the top is
+        measured on every batch, a runner-up that looked better on the simulated ones is
+        settled too (bounded: each round settles at least one change, once)."""
+        while at := to_settle(measurements.verified, measurements.output, min_gain_db):
+            runs = [measurements.verified[i].change for i in at]
+            outs = self._rest([self.variants.of(c) for c in runs])
+            reference = _metrics(self.reference)
+            for i, out in zip(at, outs):
+                joined = _verification(measurements.verified[i].change, self.first[i] + out)
+                measurements.verified[i] = dataclasses.replace(joined, reference=reference)
+
+    def _rest(self, variants: list[Variant]) -> list[VariantOutput]:
+        """The variants' outputs on the batches after the simulated ones (the first round runs
+        the unchanged model beside them, and the reference then covers every batch)."""
+        runs = variants if self.rest_run else [self.base, *variants]
+        rest = itertools.islice(self.batches(), self.simulated, None)
+        outs = resimulate(self.model, self.calibration.points, runs, rest, self.roots, metrics=self.metrics,
+                          progress=self.progress, total=(self.calibration.num_batches - self.simulated) * len(runs))
+        if not self.rest_run:
+            self.reference, outs = self.reference + outs[0], outs[1:]
+            self.rest_run = True
+        return outs
+
+
+def _verification(change: Change, out: VariantOutput) -> Verification:
+    return Verification(change, out.error, out.top1_agreement, out.custom, out.batches)
+
+
+def _metrics(out: VariantOutput, float_eval: dict[str, float] | None = None,
+             quant_eval: dict[str, float] | None = None) -> OutputMetrics:
+    return OutputMetrics(out.error, out.top1_agreement, float_eval or {}, quant_eval or {}, out.custom, out.batches)
 
 
 def _weight_bits(settings: QuantSettings, point: PointInfo) -> tuple[int, bool]:
@@ -285,7 +321,7 @@ def analyze_model(
     measurements = measure(model, calibration, lambda: _limited(batches(), limit), settings, roots, metrics=metrics,
                            validation=validation, evaluate=evaluate, progress=progress, timings=timings,
                            choose=choose, sensitivity=sensitivity, simulation_batches=simulation_batches, memo=memo,
-                           forwards=forwards)
+                           forwards=forwards, settle_gain_db=diagnosis.min_fix_gain_db)
     start = time.perf_counter()
     result = judged(measurements)
     timings["diagnose"] = time.perf_counter() - start

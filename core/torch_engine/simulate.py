@@ -53,12 +53,10 @@ class QuantizedWeights:
 class SimulationResult:
     isolated: dict[str, ErrorSums]
     cumulative: dict[str, ErrorSums]
-    output: ErrorSums
-    top1_agreement: float | None
+    output: VariantOutput
+    """The model output, float against quantized."""
     custom: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per point (and "__output__"): metric name -> mean over batches."""
-    output_batches: list[ErrorSums] = field(default_factory=list)
-    """``output`` split by batch."""
+    """Per point: metric name -> mean over batches."""
     float_eval: dict[str, float] = field(default_factory=dict)
     quant_eval: dict[str, float] = field(default_factory=dict)
     outputs: list[torch.Tensor] | None = None
@@ -307,13 +305,35 @@ class Variant:
 
 @dataclass
 class VariantOutput:
-    """A re-simulated variant's model output against the float model's."""
+    """A variant's model output against the float model's, kept as per-batch parts so that
+    the output measured on the first batches and the one measured on the rest join into the
+    output on all of them (``first + rest``), as if measured in one run."""
 
-    error: ErrorSums = field(default_factory=ErrorSums)
-    top1_agreement: float | None = None
-    custom: dict[str, float] = field(default_factory=dict)
     batches: list[ErrorSums] = field(default_factory=list)
-    """``error`` split by batch."""
+    """The error sums of each batch."""
+    agreeing: int = 0
+    """Samples whose float and quantized top-1 classes agree (outputs with a class axis)."""
+    classified: int = 0
+    custom_by_batch: dict[str, list[float]] = field(default_factory=dict)
+    """The user's metrics, one value per batch."""
+
+    @property
+    def error(self) -> ErrorSums:
+        return sum(self.batches, ErrorSums())
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.agreeing / self.classified if self.classified else None
+
+    @property
+    def custom(self) -> dict[str, float]:
+        return {name: sum(values) / len(values) for name, values in self.custom_by_batch.items()}
+
+    def __add__(self, rest: VariantOutput) -> VariantOutput:
+        names = dict.fromkeys([*self.custom_by_batch, *rest.custom_by_batch])
+        return VariantOutput([*self.batches, *rest.batches], self.agreeing + rest.agreeing,
+                             self.classified + rest.classified,
+                             {n: [*self.custom_by_batch.get(n, []), *rest.custom_by_batch.get(n, [])] for n in names})
 
 
 def simulate(
@@ -372,11 +392,8 @@ def simulate(
         if validation is not None:
             float_eval, quant_eval = _evaluate(model, plan, points, weights, validation, roots, evaluate, device)
     custom = {p: {m: sum(v) / len(v) for m, v in d.items()} for p, d in custom_lists.items()}
-    result = output.result()
     return SimulationResult(
-        isolated=isolated, cumulative=cumulative, output=result.error, output_batches=result.batches,
-        top1_agreement=result.top1_agreement,
-        custom={**custom, **({"__output__": result.custom} if result.custom else {})},
+        isolated=isolated, cumulative=cumulative, output=output.out, custom=custom,
         float_eval=float_eval, quant_eval=quant_eval, outputs=kept, tapes=tapes,
     )
 
@@ -452,7 +469,7 @@ def resimulate(
                 steps += 1
                 if progress:
                     progress(steps, total)
-    return [o.result() for o in outputs]
+    return [o.out for o in outputs]
 
 
 def _changed(points: list[PointInfo], base: Variant, variant: Variant) -> list[PointInfo]:
@@ -468,29 +485,21 @@ def _quantizer(q: ActivationQuant | None) -> tuple[Any, ...] | None:
 
 
 class _OutputAccumulator:
-    """Sums of the model output's error, top-1 agreement and the user's metrics over batches."""
+    """The model output's error, top-1 agreement and the user's metrics, batch by batch."""
 
     def __init__(self, metrics: dict[str, Metric]):
         self.metrics = metrics
-        self.batches: list[ErrorSums] = []
-        self.custom: dict[str, list[float]] = {}
-        self.agree = 0
-        self.seen = 0
+        self.out = VariantOutput()
 
     def add(self, out_f: torch.Tensor | None, out_q: torch.Tensor | None) -> None:
         if out_f is None or out_q is None or not out_f.is_floating_point() or out_f.shape != out_q.shape:
             return
-        self.batches.append(_sums(out_f, out_q))
+        self.out.batches.append(_sums(out_f, out_q))
         for name, fn in self.metrics.items():
-            self.custom.setdefault(name, []).append(float(fn(out_f, out_q)))
+            self.out.custom_by_batch.setdefault(name, []).append(float(fn(out_f, out_q)))
         if out_f.ndim == 2 and out_f.shape[1] > 1:
-            self.agree += int((out_f.argmax(1) == out_q.argmax(1)).sum())
-            self.seen += out_f.shape[0]
-
-    def result(self) -> VariantOutput:
-        total = sum(self.batches, ErrorSums())
-        return VariantOutput(total, self.agree / self.seen if self.seen else None,
-                             {m: sum(v) / len(v) for m, v in self.custom.items()}, list(self.batches))
+            self.out.agreeing += int((out_f.argmax(1) == out_q.argmax(1)).sum())
+            self.out.classified += out_f.shape[0]
 
 
 def _quantized_forward(model: nn.Module, plan: _Plan, batch: Batch, roots: list[Path],

@@ -3,6 +3,7 @@ judges a recommendation, and the config-change values they rest on (core/changes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -200,6 +201,12 @@ def test_what_the_simulated_batches_cannot_settle_is_measured_again() -> None:
     assert to_settle([split, steady], output, 1.0) == [0]  # the top (steady) is +7 / +8: no need
     assert to_settle([steady], output, 1.0) == []
     assert to_settle([wide], output, 13.0) == []  # the best gains under 13 dB: no recommendation to quote
+    # once measured on every batch, a change is settled: the best is not listed again, and a
+    # runner-up is only when the settled best fell below it and its own batches lie apart
+    assert to_settle([split, steady, dataclasses.replace(wide, reference=output)], output, 1.0) == [0]
+    fell = Verification(_keep("body"), _sums(15.0), 0.99, {}, [_sums(14.0), _sums(16.0)], reference=output)
+    assert to_settle([fell, wide], output, 1.0) == [1]
+    assert to_settle([fell, steady], output, 1.0) == []
 
 
 def test_an_upstream_cause_no_finding_named_becomes_the_best_fix() -> None:
