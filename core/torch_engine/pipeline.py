@@ -230,11 +230,13 @@ class _Settling:
 
     def _rest(self, variants: list[Variant]) -> list[VariantOutput]:
         """The variants' outputs on the batches after the simulated ones (the first round runs
-        the unchanged model beside them, and the reference then covers every batch)."""
+        the unchanged model beside them, recording its module calls for them to reuse, and the
+        reference then covers every batch)."""
         runs = variants if self.rest_run else [self.base, *variants]
         rest = itertools.islice(self.batches(), self.simulated, None)
-        outs = resimulate(self.model, self.calibration.points, runs, rest, self.roots, metrics=self.metrics,
-                          progress=self.progress, total=(self.calibration.num_batches - self.simulated) * len(runs))
+        outs = resimulate(self.model, self.calibration.points, runs, rest, self.roots, base=(self.base, []),
+                          metrics=self.metrics, progress=self.progress,
+                          total=(self.calibration.num_batches - self.simulated) * len(runs))
         if not self.rest_run:
             self.reference, outs = self.reference + outs[0], outs[1:]
             self.rest_run = True

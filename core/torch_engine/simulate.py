@@ -435,6 +435,8 @@ def resimulate(
     cost K quantized passes and nothing per point is accumulated. ``base`` is the simulated
     variant with its tapes (:mod:`quantlens.core.torch_engine.tape`): each variant reuses the
     module calls of the simulation's quantized pass that end before its first changed point.
+    When the base itself runs, as the first of ``variants`` (on batches the simulation did
+    not run, which have no tape), its pass records the batch's tape for the others.
     """
     model.eval()
     metrics = metrics or {}
@@ -442,6 +444,7 @@ def resimulate(
     plans = [_Plan(points, v.acts, v.weights, modules) for v in variants]
     changed = [_changed(points, base[0], v) if base is not None else [] for v in variants]
     tapes = base[1] if base is not None else []
+    records = base is not None and bool(variants) and variants[0] is base[0]
     outputs = [_OutputAccumulator(metrics) for _ in variants]
     device = model_device(model)
     steps = 0
@@ -454,17 +457,20 @@ def resimulate(
             else:
                 out_f = first_tensor(run_forward(model, batch, roots))
             tape = tapes[i] if i < len(tapes) else None
-            for plan, output, points_changed in zip(plans, outputs, changed):
+            for k, (plan, output, points_changed) in enumerate(zip(plans, outputs, changed)):
                 reuse = tape.reusable(tape.cut(points_changed)) if tape is not None else []
+                recording = Tape(TAPE_BYTES) if records and k == 0 and tape is None else None
                 try:
-                    out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}, reuse=reuse)
+                    out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {}, tape=recording, reuse=reuse)
                 except QuantlensError:
                     if not reuse:
                         raise  # the user's own error, as a forward without reuse meets it
                     # A forward that needs what a skipped module's forward leaves behind (a
                     # list of features it appends to): the tapes go, and this pass runs whole.
-                    tapes, tape = [], None
+                    tapes, tape, records = [], None, False
                     out_q = _quantized_forward(model, plan, batch, roots, {}, {}, {}, {})
+                if recording is not None:
+                    tape = recording
                 output.add(out_f, out_q)
                 steps += 1
                 if progress:

@@ -113,6 +113,22 @@ def test_the_model_input_changed_reuses_nothing():
     assert runs == 2 * 3
 
 
+def test_the_base_run_among_the_variants_records_the_tape_they_reuse():
+    """On batches the simulation did not run (no tapes: the settling of a change on every
+    batch), the unchanged model runs first and records each batch's module calls; a late
+    change then runs only its head, with the same outputs as running every module."""
+    model = Net()
+    calibration, acts, weights, sim, batches = _setup(model)
+    base = Variant(acts, weights)
+    runs = [base, _wider(acts, weights, "head")]
+    CountedConv.runs = 0
+    recorded = resimulate(model, calibration.points, runs, batches, [], base=(base, []))
+    assert CountedConv.runs == 2 * (3 + 3 + 1)  # the float forward and the base: every conv; the change: head
+    whole = resimulate(model, calibration.points, runs, batches, [])
+    assert [o.error for o in recorded] == [o.error for o in whole]  # bit for bit
+    assert recorded[0].error == sim.output.error  # the base, as the simulation measured it
+
+
 def test_a_module_called_twice_runs_both_times():
     """The shared ReLU runs after front and after mid (a skipped first call would shift the
     names of the ops in its second); front and mid, which hold neither call, are reused."""
