@@ -199,7 +199,7 @@ class SearchMemo:
         if found is None and every is not None:  # a search of fewer methods reads the full one
             found = ({m: every[0][m] for m in methods}, {m.value: every[1][m.value] for m in methods})
         if found is None:
-            searched = dist.shifted(shift) if shift else dist
+            searched = dist.shifted(shift)
             results = search_all(searched, n_bits, l_p_value=settings.l_p_value, z_threshold=z_threshold,
                                  power_of_two=settings.power_of_two_thresholds, signed=False if shift else None,
                                  methods=methods)
@@ -310,7 +310,7 @@ def predicted_sqnr(dist: Distribution, threshold: float, n_bits: int, signed: bo
     With a shift, x + shift is quantized and the shift subtracted again: the error is that
     of the shifted values, the signal that of the original ones.
     """
-    quantized = dist.shifted(shift) if shift else dist
+    quantized = dist.shifted(shift)
     result = search_all(quantized, n_bits, methods=(ErrorMethod.MSE,), signed=signed,
                         candidates=np.array([threshold]))[ErrorMethod.MSE]
     return sqnr_from_sums(dist.sumsq, float(result.errors[0]) * dist.count)
@@ -330,7 +330,7 @@ def _predicted_sqnrs(dist: Distribution, results: dict[ErrorMethod, SearchResult
     candidates = first.candidates
     if curve is None:
         candidates = np.unique([r.threshold for r in results.values()])[::-1]
-        quantized = dist.shifted(shift) if shift else dist
+        quantized = dist.shifted(shift)
         curve = search_all(quantized, n_bits, methods=(ErrorMethod.MSE,), signed=first.signed,
                            candidates=candidates)[ErrorMethod.MSE].errors
     at = {float(t): float(e) for t, e in zip(candidates, curve)}

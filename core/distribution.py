@@ -151,7 +151,10 @@ class Distribution:
         return cached
 
     def shifted(self, offset: float) -> Distribution:
-        """The distribution of x + offset (bins move; within-bin spread is unchanged)."""
+        """The distribution of x + offset (bins move; within-bin spread is unchanged); itself
+        for no offset, which is most points' (only shift-negative correction shifts)."""
+        if not offset:
+            return self
         return Distribution(self.lo + offset, self.hi + offset, self.n, self.s1 + offset * self.n, self.within_var,
                             None if self.vmin is None else self.vmin + offset,
                             None if self.vmax is None else self.vmax + offset)

@@ -80,7 +80,7 @@ class Context:
 
         def compute() -> float:
             dist = self.part(p, part)
-            return search_threshold(dist.shifted(shift) if shift else dist, s.activation_error_method,
+            return search_threshold(dist.shifted(shift), s.activation_error_method,
                                     p.activation.n_bits, l_p_value=s.l_p_value, z_threshold=z_threshold,
                                     power_of_two=s.power_of_two_thresholds, signed=signed).threshold
 

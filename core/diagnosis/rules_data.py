@@ -196,8 +196,8 @@ def dataset_mismatch(ctx: Context) -> list[Finding]:
         vdist = vs.distribution()
         shift = abs(vdist.mean - a.mean) / a.std if a.std > 0 else 0.0
         low = -a.threshold if a.signed else 0.0
-        clipped_val = vdist.shifted(a.shift).mass_outside(low, a.threshold) if a.shift else vdist.mass_outside(low, a.threshold)
-        clipped_cal = ctx.dist(p).shifted(a.shift).mass_outside(low, a.threshold) if a.shift else ctx.dist(p).mass_outside(low, a.threshold)
+        clipped_val = vdist.shifted(a.shift).mass_outside(low, a.threshold)
+        clipped_cal = ctx.dist(p).shifted(a.shift).mass_outside(low, a.threshold)
         extra = clipped_val - clipped_cal
         bound = ctx.natural_range(p)
         if bound is not None and a.threshold >= bound[1] and (a.signed or bound[0] >= 0):

@@ -38,7 +38,7 @@ def outliers_zscore(ctx: Context) -> list[Finding]:
         current_bulk = ctx.sqnr_at(p, a.threshold, "bulk")
         if current_bulk >= 6.02 * BULK_FLOOR_BITS:  # the bulk is served: no search can make a finding
             continue
-        searched = dist.shifted(a.shift) if a.shift else dist
+        searched = dist.shifted(a.shift)
         table = []
         for z in ctx.settings.candidate_z_thresholds:
             t = ctx.search(p, "all", z_threshold=z, signed=a.signed, shift=a.shift)
