@@ -69,7 +69,7 @@ def bench(name: str, rounds: int) -> dict[str, Any]:
         final = SearchMemo()
         final.load(searches, calibration)
         rediagnose(calibration, config, measurements, memo=final)
-        return wall, timings, time.perf_counter() - start, len(measurements.verified)
+        return wall, timings, time.perf_counter() - start, len(measurements.verified or [])
 
     forward()
     analysis()  # warm-up: imports, the first conv's kernel selection

@@ -23,7 +23,7 @@ from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, decode, encode
 from quantlens.core.weights import WeightReport
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped whenever the serialized layout changes; older caches are then recomputed."""
 
 WEIGHT_SETTINGS = ("weights_n_bits", "weights_error_method", "weights_per_channel_threshold", "l_p_value",
@@ -80,6 +80,15 @@ class Verification:
     simulation's: a change whose simulated batches disagreed about it, measured again on every
     calibration batch. None: compare with the simulation's output."""
 
+    def against(self, output: OutputMetrics) -> OutputMetrics:
+        """What this change is compared with: :attr:`reference` when it was measured on its
+        own batches, else the simulation's ``output``."""
+        return self.reference if self.reference is not None else output
+
+    def gain_db(self, output: OutputMetrics) -> float:
+        """The change's gain in output SQNR, on the batches it was measured on."""
+        return self.error.sqnr_db - self.against(output).error.sqnr_db
+
 
 @dataclass
 class Measurements:
@@ -93,8 +102,9 @@ class Measurements:
     """Re-simulations with the k most sensitive points at 16 bits: k, points, output SQNR."""
     validation: CalibrationResult | None = None
     """Statistics of the validation inputs at the same points (when validation is configured)."""
-    verified: list[Verification] = field(default_factory=list)
-    """The recommended changes re-simulated under ``settings``, each against the same batches."""
+    verified: list[Verification] | None = None
+    """The recommended changes re-simulated under ``settings``, each against the same batches;
+    None until the verification has run (the diagnosis that chooses them runs before it)."""
     simulation_batches: int = 0
     """How many batches the errors (and the verifications) were measured on."""
 
@@ -115,7 +125,7 @@ class Measurements:
             "weights": {k: encode(v) for k, v in self.weights.items()},
             "sensitivity": self.sensitivity,
             "validation": self.validation.to_msgpack() if self.validation is not None else None,
-            "verified": [encode(v) for v in self.verified],
+            "verified": None if self.verified is None else [encode(v) for v in self.verified],
             "simulation_batches": self.simulation_batches,
         }, use_bin_type=True)
 
@@ -133,7 +143,7 @@ class Measurements:
                 weights={k: _weight_report(decode(v)) for k, v in obj["weights"].items()},
                 sensitivity=list(obj["sensitivity"]),
                 validation=CalibrationResult.from_msgpack(obj["validation"]) if obj["validation"] else None,
-                verified=[_verification(decode(v)) for v in obj["verified"]],
+                verified=None if obj["verified"] is None else [_verification(decode(v)) for v in obj["verified"]],
                 simulation_batches=int(obj["simulation_batches"]),
             )
         except (KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:

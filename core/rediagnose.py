@@ -58,7 +58,7 @@ def assemble(calibration: CalibrationResult, settings: QuantSettings, measuremen
     return AnalysisResult(settings, calibration, points, output, [], sensitivity=sensitivity,
                           validation=measurements.validation, estimated=not current,
                           simulation_batches=measurements.simulation_batches,
-                          verified=measurements.verified if current else [])
+                          verified=measurements.verified if current else None)
 
 
 def rediagnose(calibration: CalibrationResult, config: ProjectConfig, measurements: Measurements, *,

@@ -87,9 +87,10 @@ class AnalysisResult:
     simulation_batches: int = 0
     """How many of the calibration batches the errors and the verification were measured on
     (the first ``num_simulation_batches``; 0: not measured)."""
-    verified: list[Verification] = field(default_factory=list)
+    verified: list[Verification] | None = None
     """The re-simulated changes, when measured under ``settings`` (rules may read them: one
-    point kept wide that recovers the output means the problem is not global)."""
+    point kept wide that recovers the output means the problem is not global); None when the
+    verification has not run under them (estimated, or the diagnosis that chooses them)."""
     top_recommendation: dict[str, Any] | None = None
     """The verified change that gains most at the output: change, description, rule, the
     output SQNR before and after (see :mod:`quantlens.core.verification`)."""

@@ -135,17 +135,18 @@ def _amplifier(result: AnalysisResult, point: PointResult) -> PointResult | None
     return max(received, key=lambda r: r[0])[1] if received else None
 
 
-def apply_verified(findings: list[Finding], result: AnalysisResult, verified: list[Verification],
+def apply_verified(findings: list[Finding], result: AnalysisResult, verified: list[Verification] | None,
                    diagnosis: DiagnosisSettings, config_location: Any = None) -> tuple[list[Finding], dict | None]:
     """The findings with their recommendations judged by measurement, and the top
     recommendation (None when no measured change helps). ``verified`` must have been
-    measured under ``result.settings``; pass [] when it was not (only the already-applied
-    filter then runs)."""
+    measured under ``result.settings``; None when the verification has not run under them
+    (only the already-applied filter then runs). When it has, a fix it did not re-simulate is
+    not recommended (:func:`_unmeasured`)."""
     settings = result.settings
     infos = [p.info for p in result.points]
     base = result.output.error
     degraded = _output_degraded(result, diagnosis)
-    measured = {change_key(v.change): v for v in verified}
+    measured = {change_key(v.change): v for v in verified or []}
     out = []
     for f in findings:
         rec = f.recommendation
@@ -153,21 +154,24 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
             out.append(f)
         elif already_applied(settings, rec.config, infos):
             out.append(_applied(f))
-        else:
-            own = measured.get(change_key(rec.config))
+        elif verified is not None and apply_change(settings, rec.config) is not None:  # a change it can test
             joint = [v for v in verified if len(v.change) > len(rec.config) and _contains(v.change, rec.config)]
-            out.append(_judged(f, own, joint, result.output, diagnosis, degraded)
-                       if own is not None or joint else f)
+            out.append(_judged(f, measured.get(change_key(rec.config)), joint, len(verified), result.output,
+                               diagnosis, degraded))
+        else:
+            out.append(f)
     if base.count and not degraded and not result.estimated:
         out = [_unfelt(f, base) for f in out]
-    best = max((v for v in verified if _gain(v, result.output) >= diagnosis.min_fix_gain_db),
-               key=lambda v: _gain(v, result.output), default=None)
+    if verified is None:
+        return out, None
+    best = max((v for v in verified if v.gain_db(result.output) >= diagnosis.min_fix_gain_db),
+               key=lambda v: v.gain_db(result.output), default=None)
     if best is None:
         return out, None
     key = change_key(best.change)
     top = {"change": best.change, "description": describe(best.change),
-           "output_sqnr_db": _against(best, result.output).error.sqnr_db,
-           "verified_sqnr_db": best.error.sqnr_db, "gain_db": _gain(best, result.output),
+           "output_sqnr_db": best.against(result.output).error.sqnr_db,
+           "verified_sqnr_db": best.error.sqnr_db, "gain_db": best.gain_db(result.output),
            "top1_agreement": best.top1_agreement, "tried": len(verified)}
     for i, f in enumerate(out):
         if f.recommendation and change_key(f.recommendation.config) == key:
@@ -180,34 +184,35 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
     return [*out, finding], top
 
 
-def _judged(f: Finding, own: Verification | None, joint: list[Verification], output: OutputMetrics,
+def _judged(f: Finding, own: Verification | None, joint: list[Verification], tried: int, output: OutputMetrics,
             diagnosis: DiagnosisSettings, degraded: bool) -> Finding:
     """``f`` with its fix judged by its own verification, or when that alone does not help
-    (or was not re-simulated), by the best ``joint`` change that includes it."""
+    (or was not re-simulated), by the best ``joint`` change that includes it; unmeasured when
+    neither was re-simulated (``tried`` changes were)."""
     base = output.error  # the simulation's: what the finding's own words rest on
     rec = f.recommendation
     assert rec is not None
     evidence = dict(f.evidence)
     alone = ""
     if own is not None:
-        gain = _gain(own, output)
+        gain = own.gain_db(output)
         evidence["verified"] = _evidence(own, output)
         effect = _effect(own, output)
         if gain >= diagnosis.min_fix_gain_db:
             return dataclasses.replace(f, evidence=evidence, predicted=f"measured by re-simulation: {effect}")
         alone = f" Alone this gains {gain:+.1f} dB at the output;"
-    helpful = [j for j in joint if _gain(j, output) >= diagnosis.min_fix_gain_db]
+    helpful = [j for j in joint if j.gain_db(output) >= diagnosis.min_fix_gain_db]
     if helpful:
-        best = max(helpful, key=lambda j: _gain(j, output))
+        best = max(helpful, key=lambda j: j.gain_db(output))
         together = Recommendation(
             f"{rec.explanation}{alone} applied together with the same fix at the other points "
-            f"({describe(best.change)}) it gains {_gain(best, output):+.1f} dB.",
+            f"({describe(best.change)}) it gains {best.gain_db(output):+.1f} dB.",
             config=best.change, mct=rec.mct)
         return dataclasses.replace(
             f, evidence={**evidence, "verified_joint": _evidence(best, output)}, recommendation=together,
             predicted=f"measured by re-simulation, together: {_effect(best, output)}")
     if own is None:
-        return f
+        return _unmeasured(f, tried, output, diagnosis, degraded)
     where = ("the output's error comes from elsewhere (see the top recommendation)" if degraded else
              f"the model output keeps {base.sqnr_db:.1f} dB without it")
     tried = Recommendation(
@@ -218,6 +223,21 @@ def _judged(f: Finding, own: Verification | None, joint: list[Verification], out
     evidence["withdrawn"] = True
     return dataclasses.replace(f, severity=severity, evidence=evidence, recommendation=tried,
                                predicted=f"measured by re-simulation: {effect}: does not help")
+
+
+def _unmeasured(f: Finding, tried: int, output: OutputMetrics, diagnosis: DiagnosisSettings,
+                degraded: bool) -> Finding:
+    """``f`` when the verification did not re-simulate its fix (``max_verified_changes`` went to
+    the fixes of louder findings and the likeliest causes): its effect on the model output is
+    unknown, so it is not recommended (no config, no quick fix); the finding says so and how
+    to measure it (``evidence["unmeasured"]``)."""
+    rec = f.recommendation
+    assert rec is not None and rec.config
+    where = "" if degraded else f"; the model output keeps {output.error.sqnr_db:.1f} dB without it"
+    text = (f"{rec.explanation} Not re-simulated ({tried} other changes were measured first; max_verified_changes = "
+            f"{diagnosis.max_verified_changes}): its effect on the model output is unknown, so {describe(rec.config)} "
+            f"is not offered as a fix{where}.")
+    return dataclasses.replace(f, recommendation=Recommendation(text), evidence={**f.evidence, "unmeasured": True})
 
 
 def _unfelt(f: Finding, base: ErrorSums) -> Finding:
@@ -241,7 +261,7 @@ def _applied(f: Finding) -> Finding:
 
 def _best_fix(result: AnalysisResult, best: Verification, degraded: bool, tried: int,
               config_location: Any) -> Finding:
-    base = _against(best, result.output).error
+    base = best.against(result.output).error
     names = [n for n in (override_name(k) for k in best.change) if n is not None]
     points = [p for p in result.points if p.name in names]
     locations = tuple(loc for p in points for loc in (p.info.source, p.info.call_site) if loc is not None)
@@ -288,8 +308,8 @@ def _why(result: AnalysisResult, points: list[PointResult]) -> tuple[str, str | 
 
 
 def _evidence(v: Verification, output: OutputMetrics) -> dict[str, Any]:
-    return {"change": v.change, "output_sqnr_db": _against(v, output).error.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
-            "gain_db": _gain(v, output), "gain_db_by_batch": batch_gains(v, output), "batches": len(v.batches),
+    return {"change": v.change, "output_sqnr_db": v.against(output).error.sqnr_db, "verified_sqnr_db": v.error.sqnr_db,
+            "gain_db": v.gain_db(output), "gain_db_by_batch": batch_gains(v, output), "batches": len(v.batches),
             "top1_agreement": v.top1_agreement, "custom": v.custom}
 
 
@@ -297,7 +317,7 @@ def batch_gains(v: Verification, output: OutputMetrics) -> list[float]:
     """The change's gain in output SQNR on each batch it was measured on ([] when the batches
     are not known): a few samples can carry most of a batch's error, so batches can disagree
     widely."""
-    reference = _against(v, output)
+    reference = v.against(output)
     if len(v.batches) != len(reference.batches):
         return []
     return [after.sqnr_db - before.sqnr_db for before, after in zip(reference.batches, v.batches)]
@@ -317,9 +337,9 @@ def to_settle(verified: list[Verification], output: OutputMetrics, min_gain_db: 
     Changes already measured on every batch are settled: after they are, this names only a
     runner-up that now looks best and whose batches lie apart (none, usually)."""
     at = [i for i, v in enumerate(verified) if v.reference is None and undecided(v, output, min_gain_db)]
-    passing = [i for i, v in enumerate(verified) if i not in at and _gain(v, output) >= min_gain_db]
+    passing = [i for i, v in enumerate(verified) if i not in at and v.gain_db(output) >= min_gain_db]
     if passing:
-        best = max(passing, key=lambda i: _gain(verified[i], output))
+        best = max(passing, key=lambda i: verified[i].gain_db(output))
         gains = batch_gains(verified[best], output)
         if verified[best].reference is None and gains and max(gains) - min(gains) > SETTLE_SPREAD_DB:
             at.append(best)
@@ -335,7 +355,7 @@ def undecided(v: Verification, output: OutputMetrics, min_gain_db: float) -> boo
 
 def _effect(v: Verification, output: OutputMetrics) -> str:
     """'output SQNR 16.9 -> 19.2 dB on all 8 batches (by batch ...), top-1 agreement ...'."""
-    reference = _against(v, output)
+    reference = v.against(output)
     where = f" on all {len(v.batches)} batches" if v.reference is not None else ""
     return f"output SQNR {reference.error.sqnr_db:.1f} -> {v.error.sqnr_db:.1f} dB{where}{_extras(v, output)}"
 
@@ -348,19 +368,9 @@ def _extras(v: Verification, output: OutputMetrics) -> str:
     text = f" (by batch {low:+.1f} to {high:+.1f} dB)" if len(gains) > 1 and f"{low:+.1f}" != f"{high:+.1f}" else ""
     text += f", top-1 agreement {100 * v.top1_agreement:.1f}%" if v.top1_agreement is not None else ""
     for name, value in v.custom.items():
-        before = _against(v, output).custom.get(name)
+        before = v.against(output).custom.get(name)
         text += f", {name} {before:.4g} -> {value:.4g}" if before is not None else f", {name} {value:.4g}"
     return text
-
-
-def _gain(v: Verification, output: OutputMetrics) -> float:
-    return v.error.sqnr_db - _against(v, output).error.sqnr_db
-
-
-def _against(v: Verification, output: OutputMetrics) -> OutputMetrics:
-    """What ``v`` is compared with: the unchanged model on its own batches (when it was
-    measured again on every batch), else the simulation's output."""
-    return v.reference if v.reference is not None else output
 
 
 def _output_degraded(result: AnalysisResult, diagnosis: DiagnosisSettings) -> bool:

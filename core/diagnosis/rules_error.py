@@ -128,12 +128,13 @@ def _one_point_recovers(ctx: Context) -> bool:
     the problem is not global."""
     if not ctx.result.output.error.count:
         return False
-    single = [s["output_sqnr_db"] for s in ctx.result.sensitivity if s["k"] == 1]
-    single += [v.error.sqnr_db for v in ctx.result.verified
+    output = ctx.result.output
+    single = [(s["output_sqnr_db"] - output.error.sqnr_db, s["output_sqnr_db"])
+              for s in ctx.result.sensitivity if s["k"] == 1]
+    single += [(v.gain_db(output), v.error.sqnr_db) for v in ctx.result.verified or []
                if len(v.change) == 1 and all(override_name(k) is not None for k in v.change)]
-    base = ctx.result.output.error.sqnr_db
-    return any(after - base >= ctx.settings.divergence_jump_db and not ctx.settings.is_degraded("sqnr", after / 100.0)
-               for after in single)
+    return any(gain >= ctx.settings.divergence_jump_db and not ctx.settings.is_degraded("sqnr", after / 100.0)
+               for gain, after in single)
 
 
 def _failing_alone(ctx: Context) -> list[str]:

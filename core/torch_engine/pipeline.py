@@ -112,7 +112,8 @@ def measure(
     validation_stats = None
     if validation is not None:
         validation_stats = calibrate_batches(model, validation(), roots, points=calibration.points)
-    measurements = Measurements(settings, points, output, reports, [], validation_stats, simulation_batches=count)
+    measurements = Measurements(settings, points, output, reports, validation=validation_stats,
+                                simulation_batches=count)
     variant = _Variants(model, calibration, settings, weights, memo)
     if choose is not None:
         start = time.perf_counter()

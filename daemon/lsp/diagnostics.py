@@ -195,11 +195,14 @@ def _merged(shown: list[_Shown], anchor: Location, rules_doc: str) -> types.Diag
     lead = ranked[0].finding
     lines = [lead.message, *(f"also {s.finding.rule}: {s.finding.message}" for s in ranked[1:])]
     related = [pair for s in ranked for pair in s.related]
-    withdrawn = all(s.finding.severity is Severity.INFO and s.finding.evidence.get("withdrawn") for s in ranked)
+    # information with no measured advice (a fix tried that did not help, or one not
+    # re-simulated) stays on its line as a hint and leaves the problems list
+    quiet = all(s.finding.severity is Severity.INFO
+                and (s.finding.evidence.get("withdrawn") or s.finding.evidence.get("unmeasured")) for s in ranked)
     return types.Diagnostic(
         range=_range(anchor),
         message="\n".join(lines),
-        severity=types.DiagnosticSeverity.Hint if withdrawn else SEVERITIES[lead.severity],
+        severity=types.DiagnosticSeverity.Hint if quiet else SEVERITIES[lead.severity],
         code=lead.rule,
         code_description=types.CodeDescription(href=f"{rules_doc}#{lead.rule}"),
         source=SOURCE,

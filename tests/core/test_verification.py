@@ -239,6 +239,24 @@ def test_a_fix_the_config_already_holds_is_not_recommended_again() -> None:
     assert top is None
 
 
+def test_a_fix_the_verification_did_not_re_simulate_is_not_offered() -> None:
+    """Only measured advice is a fix: once the verification has run, a recommendation it did
+    not re-simulate (max_verified_changes went to others) keeps its finding and its words, says
+    it was not measured and how many were, and loses its config; before the verification has
+    run (the diagnosis that chooses what to verify) it is left as it is."""
+    result = _softmax_chain()
+    finding = _finding("degraded-layer", "softmax", _keep("softmax"))
+    (f, best), top = apply_verified([finding], result, [_verified(_keep("logits"), 22.2)], DiagnosisSettings())
+    assert f.recommendation.config == {} and f.evidence["unmeasured"] and f.severity is finding.severity
+    assert f.recommendation.explanation == (
+        f"{finding.recommendation.explanation} Not re-simulated (1 other changes were measured first; "
+        "max_verified_changes = 6): its effect on the model output is unknown, so softmax at 16 bits is not offered "
+        "as a fix.")
+    assert best.rule == "best-fix" and best.recommendation.config == top["change"] == _keep("logits")
+    (same,), top = apply_verified([finding], result, None, DiagnosisSettings())
+    assert same == finding and top is None
+
+
 def test_the_measured_effect_quotes_the_users_metric_before_and_after() -> None:
     result = _softmax_chain()
     result.output.custom["my_mse"] = 0.25

@@ -160,6 +160,25 @@ def test_a_runner_up_that_looks_best_once_the_top_is_settled_is_settled_too(monk
     assert settled.verified[0].reference.batches[:2] == settled.output.batches
 
 
+@pytest.mark.parametrize("name", ["deit_tiny", "low_bit", "per_tensor_weights", "frontend_damage"])
+def test_every_fix_offered_states_its_measured_effect(name: str) -> None:
+    """Fixtures with more recommended changes than max_verified_changes: every finding that
+    still carries a config change a re-simulation can test quotes that change's (or a joint
+    change's) measured effect on the model output; the others say they were not re-simulated
+    and offer no fix."""
+    result = fixture_analysis(name)
+    offered = [f for f in result.findings if f.recommendation and f.recommendation.config
+               and apply_change(result.settings, f.recommendation.config) is not None]
+    unmeasured = [f for f in result.findings if f.evidence.get("unmeasured")]
+    assert offered and unmeasured
+    for f in offered:
+        measured = f.evidence.get("verified_joint") or f.evidence.get("verified") or {}
+        assert measured.get("change") == f.recommendation.config, (f.rule, f.points)
+        assert f.predicted.startswith("measured by re-simulation")
+    for f in unmeasured:
+        assert not f.recommendation.config and "Not re-simulated" in f.recommendation.explanation
+
+
 def test_a_smooth_relu_tail_gets_no_warning_recommending_16_bits() -> None:
     result = fixture_analysis("relu_tail")
     for f in result.findings:
