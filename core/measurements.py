@@ -13,11 +13,14 @@ re-diagnoses the worker's measurements settles on the findings a fresh run gives
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from quantlens.core.diagnosis.settings import DiagnosisSettings
 from quantlens.core.metrics import ErrorSums
 from quantlens.core.settings import QuantSettings
 from quantlens.core.stats import CalibrationResult, decode, encode
@@ -107,6 +110,9 @@ class Measurements:
     None until the verification has run (the diagnosis that chooses them runs before it)."""
     simulation_batches: int = 0
     """How many batches the errors (and the verifications) were measured on."""
+    chosen_under: str = ""
+    """:func:`choice_key` of the diagnosis settings the verified changes were chosen under: the
+    findings, and so the changes worth verifying, depend on them."""
 
     def current_for(self, settings: QuantSettings) -> bool:
         """True when the errors were measured under exactly ``settings``."""
@@ -127,6 +133,7 @@ class Measurements:
             "validation": self.validation.to_msgpack() if self.validation is not None else None,
             "verified": None if self.verified is None else [encode(v) for v in self.verified],
             "simulation_batches": self.simulation_batches,
+            "chosen_under": self.chosen_under,
         }, use_bin_type=True)
 
     @staticmethod
@@ -145,6 +152,7 @@ class Measurements:
                 validation=CalibrationResult.from_msgpack(obj["validation"]) if obj["validation"] else None,
                 verified=None if obj["verified"] is None else [_verification(decode(v)) for v in obj["verified"]],
                 simulation_batches=int(obj["simulation_batches"]),
+                chosen_under=str(obj["chosen_under"]),
             )
         except (KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
             raise ValueError(f"corrupt measurements record: {type(exc).__name__}: {exc}") from None
@@ -153,6 +161,14 @@ class Measurements:
 def weight_key(settings: QuantSettings) -> tuple:
     overrides = tuple(sorted((k, v.weights_n_bits, v.quantize) for k, v in settings.overrides.items()))
     return (*(getattr(settings, name) for name in WEIGHT_SETTINGS), overrides)
+
+
+def choice_key(diagnosis: DiagnosisSettings, ignore: tuple[str, ...]) -> str:
+    """What the choice of changes to verify depends on besides the quantization settings: the
+    diagnosis settings and the config's suppressions (a source comment's are in the model's
+    files, whose edits rerun everything). Another key means the verification must run again."""
+    record = {"diagnosis": dataclasses.asdict(diagnosis), "ignore": sorted(ignore)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _point(obj: dict) -> PointMeasurement:

@@ -22,7 +22,7 @@ import msgpack
 from quantlens.core.activations import SearchMemo
 from quantlens.core.config import ProjectConfig, find_config, load_config
 from quantlens.core.errors import Location, Problem, QuantlensError
-from quantlens.core.measurements import Measurements
+from quantlens.core.measurements import Measurements, choice_key
 from quantlens.core.rediagnose import rediagnose
 from quantlens.core.result import AnalysisResult
 from quantlens.core.stats import CalibrationResult
@@ -150,7 +150,8 @@ class Project:
         if self.config is None or self.inputs is None:
             return False
         return (self.calibration_key != self.inputs.key or self.measurements is None
-                or not self.measurements.current_for(self.config.settings))
+                or not self.measurements.current_for(self.config.settings)
+                or self.measurements.chosen_under != choice_key(self.config.diagnosis, self.config.ignore))
 
     def plan(self, *, report_dir: Path | None = None, force: bool = False) -> Plan | None:
         """The worker run that brings this project up to date, or None when none is needed

@@ -294,6 +294,8 @@ def _doing(stage: tuple[str, int, int | None]) -> str:
         return f"simulation batch {done + 1}{of}"
     if name == "verify":
         return f"verification pass {done + 1}{of}"
+    if name == "confirm":
+        return f"confirmation pass {done + 1}{of} (a verified change measured on every batch)"
     if name == "sensitivity":
         return f"sensitivity pass {done + 1}{of}"
     if name == "thresholds":

@@ -22,6 +22,7 @@ from quantlens.core.measurements import (
     OutputMetrics,
     PointMeasurement,
     Verification,
+    choice_key,
     weight_key,
 )
 from quantlens.core.rediagnose import assemble, judge, rediagnose
@@ -129,7 +130,7 @@ def measure(
         measurements.verified = [_verification(c, o) for c, o in zip(changes, outs)]
         if settle_gain_db is not None and count < calibration.num_batches:
             _Settling(model, calibration, Variant(acts, weights), variant, batches, roots, metrics,
-                      _stage(progress, "verify"), count, sim.output, outs).run(measurements, settle_gain_db)
+                      _stage(progress, "confirm"), count, sim.output, outs).run(measurements, settle_gain_db)
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
         start = time.perf_counter()
@@ -325,6 +326,7 @@ def analyze_model(
                            validation=validation, evaluate=evaluate, progress=progress, timings=timings,
                            choose=choose, sensitivity=sensitivity, simulation_batches=simulation_batches, memo=memo,
                            forwards=forwards, settle_gain_db=diagnosis.min_fix_gain_db)
+    measurements.chosen_under = choice_key(diagnosis, ignore)
     start = time.perf_counter()
     result = judged(measurements)
     timings["diagnose"] = time.perf_counter() - start
@@ -376,6 +378,7 @@ def measure_project(config: ProjectConfig, progress: StageProgress | None = None
                            progress=progress, timings=timings, choose=choose, sensitivity=sensitivity,
                            simulation_batches=config.num_simulation_batches, memo=memo, forwards=forwards,
                            settle_gain_db=config.diagnosis.min_fix_gain_db)
+    measurements.chosen_under = choice_key(config.diagnosis, config.ignore)
     return calibration, measurements, timings
 
 

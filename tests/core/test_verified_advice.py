@@ -146,7 +146,8 @@ def test_a_runner_up_that_looks_best_once_the_top_is_settled_is_settled_too(monk
     changes = [{"activation_n_bits": 12}, keep_wide(["tagger"]), {"activation_n_bits": 10}]
     monkeypatch.setattr(pipeline, "candidates", lambda result, findings, diagnosis: changes)
     config, calibration, _ = measured("probability_heads")
-    _, settled, _ = pipeline.measure_project(config, calibration=calibration)
+    steps: list[tuple[str, int, int | None]] = []
+    _, settled, _ = pipeline.measure_project(config, calibration=calibration, progress=lambda *step: steps.append(step))
     _, full, _ = pipeline.measure_project(dataclasses.replace(config, num_simulation_batches=None),
                                           calibration=calibration)
     assert [v.change for v in settled.verified] == changes
@@ -158,6 +159,11 @@ def test_a_runner_up_that_looks_best_once_the_top_is_settled_is_settled_too(monk
         assert v.error.sqnr_db == pytest.approx(whole.error.sqnr_db, abs=1e-6)
         assert len(v.batches) == 8 and v.batches[:2] == full.verified[changes.index(v.change)].batches[:2]
     assert settled.verified[0].reference.batches[:2] == settled.output.batches
+    # progress: each round of the confirmation on the 6 batches after the simulated ones, to its end
+    # (the unchanged model and activation_n_bits = 12, then the tagger alone)
+    confirm = [step for step in steps if step[0] == "confirm"]
+    assert [(done, total) for _, done, total in confirm if done == total] == [(12, 12), (6, 6)]
+    assert steps.index(confirm[0]) > max(i for i, step in enumerate(steps) if step[0] == "verify")
 
 
 @pytest.mark.parametrize("name", ["deit_tiny", "low_bit", "per_tensor_weights", "frontend_damage"])

@@ -22,6 +22,7 @@ def test_the_time_left_is_the_stage_rate_times_the_steps_left() -> None:
     clock.now += 3.0  # 2 batches in 3 s: 6 batches left take 9 s
     assert bar.line("simulate", 2, 8) == "simulating   [######..................] 2/8 batches, 9.0 s left"
     assert bar.line("verify", 0, 6) == "verifying    [........................] 0/6 passes"
+    assert bar.line("confirm", 0, 12) == "confirming   [........................] 0/12 passes"
     assert bar.line("thresholds", 0, None) == "thresholds  "
 
 

@@ -54,6 +54,10 @@ def _edit(path: Path, pattern: str, replacement: str) -> None:
 
 EDITS = {
     "config": ("quantlens.toml", r"^activation_n_bits = 8$", "activation_n_bits = 6"),
+    # the changes worth verifying depend on the diagnosis settings: points under 45 dB are
+    # degraded here, and their fixes are verified
+    "diagnosis": ("quantlens.toml", r"^weights_n_bits = 8$",
+                  "weights_n_bits = 8\n\n[quantlens.diagnosis]\nthreshold_quantize_error = { sqnr = 0.45 }"),
     "model": ("model.py", r"^BRANCH_B_SCALE = .*$", "BRANCH_B_SCALE = 4.0"),
     "data": ("data.py", r"manual_seed\((\d+)\)", r"manual_seed(\g<1>7)"),
 }
@@ -69,9 +73,12 @@ def test_an_edit_settles_on_what_a_fresh_run_gives(kind: str, tmp_path: Path, po
     file, pattern, replacement = EDITS[kind]
     _edit(root / file, pattern, replacement)
     running.reload_config()
-    assert (running.inputs.key == key) == (kind == "config")  # only a config edit keeps the statistics
+    config_edit = kind in ("config", "diagnosis")
+    assert (running.inputs.key == key) == config_edit  # only a config edit keeps the statistics
     if kind == "config":
         assert running.snapshot().estimated  # published at once, from the statistics
+    if kind == "diagnosis":  # the measurements hold, the choice of what to verify does not
+        assert not running.snapshot().estimated and running.needs_run()
     _settle(running, pool)
     fresh = Project(root, root / "quantlens.toml", cache=None)
     _settle(fresh, pool)

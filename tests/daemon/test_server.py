@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from pytest_lsp.client import DEFAULT_CLIENT_FEATURES, make_test_lsp_client, reg
 
 from quantlens.core.config import load_config
 from quantlens.daemon.cache import Cache, project_inputs
+from quantlens.daemon.progress import LABELS
 from tests.daemon.lsp_session import SERVER, copy_fixture, diagnostics, line_of, save, start, until
 
 
@@ -158,6 +160,15 @@ async def test_quantize_now_writes_the_report_and_show_report_finds_it(client: L
     # progress went through begin, reports with rising percentages, end
     kinds = [[type(v).__name__ for v in values] for values in client.progress_reports.values()]
     assert any(k[0] == "WorkDoneProgressBegin" and k[-1] == "WorkDoneProgressEnd" and len(k) > 3 for k in kinds)
+    # every stage in words, to the end, with the percentage never going back
+    for values in client.progress_reports.values():
+        reports = [v for v in values if isinstance(v, types.WorkDoneProgressReport)]
+        assert all(v.message.split()[0] in LABELS.values() for v in reports), [v.message for v in reports]
+        assert [v.percentage for v in reports] == sorted(v.percentage for v in reports)
+    messages = [v.message for values in client.progress_reports.values() for v in values
+                if isinstance(v, types.WorkDoneProgressReport)]
+    assert any(re.fullmatch(r"verifying \d+/\d+ passes(, \d+\.\d s left)?", m) for m in messages), messages
+    assert any(m.startswith("sensitivity ") for m in messages)  # quantize-now runs the sensitivity search
 
 
 async def test_cancel_from_the_editor_stops_the_worker_and_keeps_the_diagnostics(client: LanguageClient,
