@@ -23,7 +23,7 @@ from quantlens.core.errors import Location, Problem, QuantlensError
 from quantlens.core.findings import Severity
 from quantlens.daemon.options import ServerOptions
 from quantlens.daemon.progress import ProgressBar
-from quantlens.daemon.text_report import format_findings, format_summary, format_table
+from quantlens.daemon.text_report import format_findings, format_summary, format_table, format_verdict
 
 if TYPE_CHECKING:
     from quantlens.core.result import AnalysisResult
@@ -173,6 +173,7 @@ def _check(args: argparse.Namespace) -> int:
 
         index = render_report(payload, args.out)
         print(format_findings(result, config.root))
+        print(format_verdict(result, config.root))
         print(f"wrote {index}")
     elif to_stdout:
         sys.stdout.write(render(fmt, result, payload, config.root, root))
@@ -228,7 +229,7 @@ def render(fmt: str, result: AnalysisResult, payload: dict[str, Any], project_ro
 
         return to_github_annotations(payload, ci_root)
     return "\n\n".join([format_table(result, project_root), format_summary(result),
-                         format_findings(result, project_root)]) + "\n"
+                         format_findings(result, project_root), format_verdict(result, project_root)]) + "\n"
 
 
 def exit_code(result: AnalysisResult, fail_on: str) -> int:

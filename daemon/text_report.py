@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlens.core.errors import Location
-from quantlens.core.findings import Finding
+from quantlens.core.findings import Finding, Severity
 from quantlens.core.result import AnalysisResult, PointResult
 
 
@@ -109,6 +109,26 @@ def format_findings(result: AnalysisResult, root: Path | None) -> str:
             if f.recommendation.mct:
                 lines.append(f"    MCT: {f.recommendation.mct}")
     return "\n".join(lines)
+
+
+def format_verdict(result: AnalysisResult, root: Path | None) -> str:
+    """The closing line: what to do first, measured, and how many findings of each severity
+    (after a long list of findings, the one change worth making must not be lost in it)."""
+    counts = [(sev, sum(f.severity is sev for f in result.findings)) for sev in (Severity.ERROR, Severity.WARNING,
+                                                                                 Severity.INFO)]
+    tally = ", ".join(f"{n} {sev.value}{'s' if n != 1 and sev is not Severity.INFO else ''}" for sev, n in counts if n)
+    top = result.top_recommendation
+    if top is not None:
+        carrier = next((f for f in result.findings if f.rule == top.get("rule") and f.recommendation
+                        and f.recommendation.config == top["change"]), None)
+        where = f" at {relative(carrier.location, root)}" if carrier is not None and carrier.location else ""
+        first = (f"top recommendation ({top.get('rule')}{where}): {top['description']}, output SQNR "
+                 f"{top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB, measured")
+    elif result.verified:
+        first = f"no change helps: none of the {len(result.verified)} re-simulated gains enough at the output"
+    else:
+        first = "nothing to change"
+    return f"{first}; {tally or 'no findings'}"
 
 
 def library_lines(result: AnalysisResult, finding: Finding) -> dict[Location, list[str]]:

@@ -447,3 +447,23 @@ def test_the_summary_says_how_many_batches_the_errors_come_from(tmp_path: Path,
 
 def test_errors_from_every_batch_say_nothing_more(sample_run: dict) -> None:
     assert sample_run["calibration"]["simulation_batches"] == sample_run["calibration"]["num_batches"] == 2
+
+
+def test_the_text_report_ends_with_the_top_recommendation_and_the_tally(capsys: pytest.CaptureFixture[str]) -> None:
+    """After the findings, one line says what to change first (measured) and counts the
+    findings by severity: on low_bit, the global bit width (an error-level finding)."""
+    code, out, _ = _run(["check", str(LOW_BIT), "--no-progress", "--fail-on", "never", "--json", "-"], capsys)
+    payload = json.loads(out)
+    code, out, _ = _run(["check", str(LOW_BIT), "--no-progress", "--fail-on", "never"], capsys)
+    assert code == EXIT_OK
+    top = payload["top_recommendation"]
+    carrier = next(f for f in payload["findings"] if f["rule"] == top["rule"]
+                   and (f.get("recommendation") or {}).get("config") == top["change"])
+    severities = [f["severity"] for f in payload["findings"]]
+    tally = ", ".join(f"{severities.count(s)} {s}{'s' if s != 'info' and severities.count(s) != 1 else ''}"
+                      for s in ("error", "warning", "info") if severities.count(s))
+    where = f"{Path(carrier['locations'][0]['file']).name}:{carrier['locations'][0]['line']}"
+    assert out.rstrip("\n").splitlines()[-1] == (
+        f"top recommendation ({top['rule']} at {where}): {top['description']}, output SQNR "
+        f"{top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB, measured; {tally}")
+    assert top["description"] == "activation_n_bits = 8; weights_n_bits = 8"
