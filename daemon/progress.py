@@ -30,12 +30,10 @@ class StageClock:
         self.stage: str | None = None
         self.started = 0.0
 
-    def enter(self, stage: str) -> bool:
-        """Note ``stage``; True when it is a new one (its clock starts now)."""
-        if stage == self.stage:
-            return False
-        self.stage, self.started = stage, self.clock()
-        return True
+    def enter(self, stage: str) -> None:
+        """Note ``stage``: a new one's clock starts now."""
+        if stage != self.stage:
+            self.stage, self.started = stage, self.clock()
 
     @property
     def elapsed(self) -> float:
@@ -76,7 +74,7 @@ class ProgressBar:
             return
         if stage != self.stages.stage:
             self._finish_stage()
-            self.stages.enter(stage)
+        self.stages.enter(stage)
         self.done = done
         if self.tty:
             self.stream.write("\r" + self.line(stage, done, total))

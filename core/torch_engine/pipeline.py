@@ -223,8 +223,7 @@ class _Settling:
         measured on every batch, a runner-up that looked better on the simulated ones is
         settled too (bounded: each round settles at least one change, once)."""
         while at := to_settle(measurements.verified, measurements.output, min_gain_db):
-            runs = [measurements.verified[i].change for i in at]
-            outs = self._rest([self.variants.of(c) for c in runs])
+            outs = self._rest([self.variants.of(measurements.verified[i].change) for i in at])
             reference = _metrics(self.reference)
             for i, out in zip(at, outs):
                 joined = _verification(measurements.verified[i].change, self.first[i] + out)
