@@ -43,7 +43,8 @@ class Forwards:
     """The first ``count`` calibration batches (None: all) and what their float forwards'
     hooks saw, kept for the simulation within ``budget`` bytes of activations: its float pass
     replays them instead of running each batch again (the simulated batches are the first
-    ones). A batch whose recording passed the budget keeps None and is run again."""
+    ones). A batch whose recording passed the budget keeps None and is run again. The other
+    batches are kept too while their tensors fit (:attr:`rest`), without recordings."""
 
     count: int | None
     budget: int = RECORD_BYTES
@@ -51,6 +52,10 @@ class Forwards:
     recordings: list[Recording | None] = field(default_factory=list)
     complete: bool = True
     """Whether every wanted batch was kept (batch tensors within KEEP_BATCHES_BYTES)."""
+    rest: list[tuple[Batch, Versions]] | None = field(default_factory=list)
+    """The batches after the wanted ones, kept within what KEEP_BATCHES_BYTES leaves (None
+    past it): a change the simulated batches cannot settle is measured on them too, and a
+    data function that draws at random would give other batches on a second read."""
 
     def wants(self, index: int) -> bool:
         return self.count is None or index < self.count
@@ -67,6 +72,14 @@ class Forwards:
         if self.complete:
             self.batches.append((batch, versions or []))
             self.recordings.append(recording if recording is not None and recording.kept.complete else None)
+
+    def add_rest(self, batch: Batch, versions: Versions | None) -> None:
+        """Keep a batch after the wanted ones (``versions`` None: past the budget, and the
+        rest is read again when needed)."""
+        if versions is None:
+            self.rest = None
+        elif self.rest is not None:
+            self.rest.append((batch, versions))
 
     def release(self) -> None:
         """Let the recorded activations go (the batches stay, for the re-simulations)."""
@@ -158,6 +171,8 @@ def calibrate_batches(
                         output = run_forward(model, batch, roots, count)
             if keep:
                 forwards.add(batch, kept_batches.versions((*batch.args, *batch.kwargs.values())), recording)  # type: ignore[union-attr]
+            elif forwards is not None and forwards.rest is not None:
+                forwards.add_rest(batch, kept_batches.versions((*batch.args, *batch.kwargs.values())))
             recording = None  # this batch's tensors go, unless kept for the simulation
             shapes.observe(count, _shape(batch.input) or [], _shape(first_tensor(output)))
             count += 1

@@ -129,7 +129,7 @@ def measure(
                           total=count * len(changes)) if changes else []
         measurements.verified = [_verification(c, o) for c, o in zip(changes, outs)]
         if settle_gain_db is not None and count < calibration.num_batches:
-            _Settling(model, calibration, Variant(acts, weights), variant, batches, roots, metrics,
+            _Settling(model, calibration, Variant(acts, weights), variant, _batches_after(batches, count, seed), roots, metrics,
                       _stage(progress, "confirm"), count, sim.output, outs).run(measurements, settle_gain_db)
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
@@ -166,6 +166,16 @@ class _KeptBatches:
                 batches.append((batch, versions))
             yield batch
         self.kept = batches if kept.complete else None  # only a read to the end is kept
+
+
+def _batches_after(batches: BatchSource, count: int, kept: Forwards | None) -> BatchSource:
+    """The batches after the first ``count``: those calibration kept (the very batches it
+    measured, no second read) while they are unchanged, else read again."""
+    def rest() -> Iterable[Any]:
+        if kept is not None and kept.rest is not None and all(unchanged(v) for _, v in kept.rest):
+            return [batch for batch, _ in kept.rest]
+        return itertools.islice(batches(), count, None)
+    return rest
 
 
 class _Variants:
@@ -206,11 +216,11 @@ class _Settling:
     models the batches agree, and this costs nothing."""
 
     def __init__(self, model: nn.Module, calibration: CalibrationResult, base: Variant, variants: _Variants,
-                 batches: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
+                 rest: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
                  progress: Callable[[int, int | None], None] | None, simulated: int, base_output: VariantOutput,
                  outputs: list[VariantOutput]):
         self.model, self.calibration, self.base, self.variants = model, calibration, base, variants
-        self.batches, self.roots, self.metrics, self.progress = batches, roots, metrics, progress
+        self.rest, self.roots, self.metrics, self.progress = rest, roots, metrics, progress
         self.simulated = simulated
         self.first = outputs
         """Each verified change's output on the simulated batches."""
@@ -234,8 +244,7 @@ class _Settling:
         the unchanged model beside them, recording its module calls for them to reuse, and the
         reference then covers every batch)."""
         runs = variants if self.rest_run else [self.base, *variants]
-        rest = itertools.islice(self.batches(), self.simulated, None)
-        outs = resimulate(self.model, self.calibration.points, runs, rest, self.roots, base=(self.base, []),
+        outs = resimulate(self.model, self.calibration.points, runs, self.rest(), self.roots, base=(self.base, []),
                           metrics=self.metrics, progress=self.progress,
                           total=(self.calibration.num_batches - self.simulated) * len(runs))
         if not self.rest_run:
