@@ -123,13 +123,14 @@ def measure(
         changes = choose(measurements)
         timings["choose"] = time.perf_counter() - start
         start = time.perf_counter()
-        outs = resimulate(model, calibration.points, [variant.of(c) for c in changes], simulated(), roots,
-                          reference=sim.outputs, base=(Variant(acts, weights), sim.tapes), metrics=metrics,
-                          progress=_stage(progress, "verify"),
+        base = Variant(acts, weights)
+        runs = [variant.of(c) for c in changes]
+        outs = resimulate(model, calibration.points, runs, simulated(), roots, reference=sim.outputs,
+                          base=(base, sim.tapes), metrics=metrics, progress=_stage(progress, "verify"),
                           total=count * len(changes)) if changes else []
         measurements.verified = [_verification(c, o) for c, o in zip(changes, outs)]
         if settle_gain_db is not None and count < calibration.num_batches:
-            _Settling(model, calibration, Variant(acts, weights), variant, _batches_after(batches, count, seed), roots, metrics,
+            _Settling(model, calibration, base, runs, _batches_after(batches, count, seed), roots, metrics,
                       _stage(progress, "confirm"), count, sim.output, outs).run(measurements, settle_gain_db)
         timings["verify"] = time.perf_counter() - start
     if sensitivity:
@@ -215,11 +216,14 @@ class _Settling:
     the changes, for the reference); their outputs join the simulated batches' outputs. On most
     models the batches agree, and this costs nothing."""
 
-    def __init__(self, model: nn.Module, calibration: CalibrationResult, base: Variant, variants: _Variants,
+    def __init__(self, model: nn.Module, calibration: CalibrationResult, base: Variant, variants: list[Variant],
                  rest: BatchSource, roots: list[Path], metrics: dict[str, Metric] | None,
                  progress: Callable[[int, int | None], None] | None, simulated: int, base_output: VariantOutput,
                  outputs: list[VariantOutput]):
-        self.model, self.calibration, self.base, self.variants = model, calibration, base, variants
+        self.model, self.calibration, self.base = model, calibration, base
+        self.variants = variants
+        """Each verified change's variant, as its verification ran it (thresholds and weights
+        are not quantized again)."""
         self.rest, self.roots, self.metrics, self.progress = rest, roots, metrics, progress
         self.simulated = simulated
         self.first = outputs
@@ -233,7 +237,7 @@ class _Settling:
         measured on every batch, a runner-up that looked better on the simulated ones is
         settled too (bounded: each round settles at least one change, once)."""
         while at := to_settle(measurements.verified, measurements.output, min_gain_db):
-            outs = self._rest([self.variants.of(measurements.verified[i].change) for i in at])
+            outs = self._rest([self.variants[i] for i in at])
             reference = _metrics(self.reference)
             for i, out in zip(at, outs):
                 joined = _verification(measurements.verified[i].change, self.first[i] + out)
