@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -174,6 +175,7 @@ def main() -> int:
     parser.add_argument("--fixtures", nargs="*", default=FIXTURES)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
+    gc.freeze()  # as the worker does once torch is imported (quantlens.daemon.worker)
     rows = []
     for name in args.fixtures:
         row = bench(name, args.rounds)
