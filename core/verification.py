@@ -240,6 +240,15 @@ def _unmeasured(f: Finding, tried: int, output: OutputMetrics, diagnosis: Diagno
     return dataclasses.replace(f, recommendation=Recommendation(text), evidence={**f.evidence, "unmeasured": True})
 
 
+def unadvised(f: Finding) -> bool:
+    """Whether ``f`` offers nothing to do where it is shown: its fix was re-simulated and did
+    not help (``withdrawn``), was not re-simulated (``unmeasured``), or it is damage inherited
+    from a cause elsewhere (``inherited_from``, which names it). Information of this kind is a
+    hint in the editor."""
+    ev = f.evidence
+    return bool(ev.get("withdrawn") or ev.get("unmeasured") or "inherited_from" in ev)
+
+
 def _unfelt(f: Finding, base: ErrorSums) -> Finding:
     """A degraded layer whose damage the model output does not feel (the output keeps at least
     ``sensitivity_output_sqnr_db``) is information, not a warning: nothing downstream needs it fixed."""

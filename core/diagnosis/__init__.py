@@ -6,7 +6,8 @@ drops suppressed findings (``ignore = [...]`` in the config, ``# quantlens:
 ignore[rule-id]`` on a reported line; ``rule-id:point-name`` names one point), and then
 merges findings that land on one line (layers made in a loop, by a helper or by a library)
 into one that names every point it covers. Suppression comes before merging, so naming one
-point on a shared line keeps the others.
+point on a shared line keeps the others. Last, a degraded layer that only inherits its error
+names the point where that starts, instead of a fix of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from quantlens.core.errors import Location
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import AnalysisResult
 
-__all__ = ["RULES", "DiagnosisSettings", "diagnose"]
+__all__ = ["NOT_A_CAUSE", "RULES", "DiagnosisSettings", "diagnose", "inherited_points"]
 
 Rule = Callable[[Context], list[Finding]]
 
@@ -76,6 +77,7 @@ def diagnose(result: AnalysisResult, settings: DiagnosisSettings | None = None,
     ignored = frozenset(ignore)
     findings = [f for f in findings if not matches(f, ignored) and not suppressed(f)]
     findings = aggregate(findings, result)
+    findings = _name_causes(findings, result)
     findings.sort(key=lambda f: (-f.severity.rank, _order(result, f), f.rule))
     return findings
 
@@ -214,6 +216,94 @@ def _symptoms_as_information(findings: list[Finding]) -> list[Finding]:
     return [dataclasses.replace(f, severity=Severity.INFO, evidence={**f.evidence, "explained_by": explained[f.points[0]]})
             if f.rule == "degraded-layer" and f.severity is Severity.WARNING and f.points and f.points[0] in explained
             else f for f in findings]
+
+
+def inherited_points(finding: Finding) -> list[str]:
+    """The points of a degraded-layer finding when every one inherits its error from upstream
+    (an aggregated entry without its own ``inherited`` is judged by the finding's); else []."""
+    if finding.rule != "degraded-layer" or "inherited" not in finding.evidence:
+        return []
+    own = finding.evidence["inherited"]
+    entries = finding.evidence.get("aggregated") or [{"point": name} for name in finding.points]
+    if not all(entry.get("inherited", own) for entry in entries):
+        return []
+    return [entry["point"] for entry in entries]
+
+
+def _name_causes(findings: list[Finding], result: AnalysisResult) -> list[Finding]:
+    """Inherited degraded-layer findings name where their error starts, and point to its line.
+
+    Such a point passes on its own quantization (rules_error.degraded_layers): keeping it wide
+    removes at most a quarter of its noise, the rest it received. So it has no fix of its own
+    and offers no config change (it is never re-simulated for itself, nor reported as an
+    untested fix; the verification's upstream search still tries the points that amplify
+    what they receive), and it says so in the same words in the CLI, SARIF, the HTML report
+    and the editor."""
+    causes = _Causes(result, findings)
+    out = []
+    for f in findings:
+        points = inherited_points(f)
+        if not points:
+            out.append(f)
+            continue
+        cause = causes.of(points)
+        ev = f.evidence
+        source = f"from {cause}" if cause is not None else "from upstream"
+        numbers = (f"cumulative SQNR {ev['cumulative_sqnr_db']:.1f} dB; its own quantization alone keeps "
+                   f"{ev['isolated_sqnr_db']:.1f} dB")
+        if len(points) == 1:
+            message = f"{points[0]} inherits its error {source} ({numbers})"
+        else:
+            others = len(points) - 1
+            message = (f"{points[0]} and {others} other point{'s' if others > 1 else ''} created at this line "
+                       f"inherit their error {source} ({points[0]}: {numbers}); points: {_named(points)}")
+        explanation = (f"Fix {cause or 'the point where the error starts'} first: {points[0]}'s own quantization "
+                       "passes, so keeping it wide would not remove the error it receives.")
+        at_cause = causes.line_of(cause)
+        pointer = (at_cause,) if at_cause is not None and at_cause not in f.locations else ()
+        out.append(dataclasses.replace(
+            f, severity=Severity.INFO, message=message, evidence={**ev, "inherited_from": cause},
+            recommendation=Recommendation(explanation),
+            related=(*pointer, *(loc for loc in f.related if loc not in pointer))))
+    return out
+
+
+class _Causes:
+    """The cause of an inherited error: the point first-divergence names when it comes earlier
+    in execution order, else the nearest earlier point that a rule naming a cause reports,
+    else the earliest degraded point before it."""
+
+    def __init__(self, result: AnalysisResult, findings: list[Finding]):
+        self.points = {p.name: p for p in result.points}
+        self.divergence = next((f.points[0] for f in findings if f.rule == "first-divergence" and f.points), None)
+        self.explained = self._by_order(n for f in findings if f.rule not in NOT_A_CAUSE for n in f.points)
+        self.degraded = self._by_order(n for f in findings if f.rule == "degraded-layer" for n in f.points)
+
+    def _by_order(self, names: Iterable[str]) -> list[str]:
+        return sorted({n for n in names if n in self.points}, key=self._order)
+
+    def _order(self, name: str) -> int:
+        return self.points[name].info.order
+
+    def of(self, group: list[str]) -> str | None:
+        """The cause of the points in ``group`` (strictly before the earliest of them)."""
+        known = [n for n in group if n in self.points]
+        if not known:
+            return None
+        start = min(self._order(n) for n in known)
+        if self.divergence in self.points and self._order(self.divergence) < start:
+            return self.divergence
+        earlier = [n for n in self.explained if self._order(n) < start]
+        if earlier:
+            return earlier[-1]
+        return next((n for n in self.degraded if self._order(n) < start), None)
+
+    def line_of(self, name: str | None) -> Location | None:
+        """The line that creates the point (or applies it, for one without a creating line)."""
+        if name is None or name not in self.points:
+            return None
+        info = self.points[name].info
+        return info.source or info.call_site
 
 
 def _order(result: AnalysisResult, finding: Finding) -> int:

@@ -50,8 +50,7 @@ def degraded_layers(ctx: Context) -> list[Finding]:
         findings.append(Finding(
             rule="degraded-layer",
             # the warning belongs on the cause: a point whose own quantization passes only
-            # shows what it received (verification makes it a warning again if keeping it
-            # wide is what helps the output most)
+            # shows what it received, and names where that starts (diagnose's _name_causes)
             severity=Severity.INFO if inherited else Severity.WARNING,
             message=(f"{p.name} is degraded by quantization: cumulative SQNR {p.cumulative.sqnr_db:.1f} dB, "
                      f"cosine {p.cumulative.cosine:.4f} (isolated SQNR {iso:.1f} dB"

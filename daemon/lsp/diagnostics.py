@@ -1,9 +1,9 @@
 """Findings and problems as LSP diagnostics, without flooding the editor.
 
 An editor full of warnings is ignored, so the conversion keeps the warnings for the lines where
-something must change: a degraded layer that is fine in isolation (it only inherits error from
-upstream) becomes information naming where the error starts, information whose fix was
-re-simulated and did not help becomes a hint (on its line for who reads it there, out of the
+something must change: information with nothing to do on its own line (a degraded layer that
+only inherits its error, which names the point where it starts; a fix re-simulated that did
+not help, or not re-simulated) becomes a hint (on its line for who reads it there, out of the
 problems list), findings that share a line become one diagnostic, and ``min_severity`` drops
 what the user does not want to see. Every finding
 diagnostic links to its rule's section of docs/rules.md and carries the findings as ``data`` for
@@ -20,11 +20,10 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.uris import from_fs_path
 
-from quantlens.core.diagnosis import NOT_A_CAUSE
 from quantlens.core.errors import Location, Problem
 from quantlens.core.findings import Finding, Severity
-from quantlens.core.rediagnose import ESTIMATE_NOTE
 from quantlens.core.result import AnalysisResult, PointResult
+from quantlens.core.verification import unadvised
 
 SOURCE = "quantlens"
 SEVERITIES = {
@@ -40,7 +39,7 @@ Related = tuple[tuple[Location, str], ...]
 
 @dataclasses.dataclass(frozen=True)
 class _Shown:
-    """A finding as the editor shows it (inherited damage rewritten), and where it points to."""
+    """A finding and where it points to, each place with the line of text the editor shows for it."""
 
     finding: Finding
     related: Related
@@ -71,13 +70,13 @@ def _finding_diagnostics(result: AnalysisResult | None, rules_doc: str) -> list[
     """One diagnostic per line that carries findings, in the core's order of first appearance."""
     if result is None:
         return []
-    causes = _Causes(result)
+    points = _Points(result)
     fallback = Location(result.config_file) if result.config_file else None
     lines: dict[tuple[str, int], tuple[Location, list[_Shown]]] = {}
     for finding in result.findings:
         anchor = _anchor(finding, fallback)
         if anchor is not None:
-            lines.setdefault((anchor.file, anchor.line), (anchor, []))[1].append(_shown(finding, causes))
+            lines.setdefault((anchor.file, anchor.line), (anchor, []))[1].append(_shown(finding, points))
     return [(anchor.file, _merged(shown, anchor, rules_doc)) for anchor, shown in lines.values()]
 
 
@@ -87,89 +86,27 @@ def _anchor(finding: Finding, fallback: Location | None) -> Location | None:
     return first if first is not None and _is_file(first) else fallback
 
 
-def _shown(finding: Finding, causes: _Causes) -> _Shown:
+def _shown(finding: Finding, points: _Points) -> _Shown:
     calls = tuple((loc, f"{finding.rule}: applied here in forward") for loc in finding.locations[1:])
-    library = causes.library_lines(finding.points)
-    related = tuple((loc, f"{finding.rule}: library code of {', '.join(library[loc])}" if loc in library
-                     else f"{finding.rule}: see also") for loc in finding.related)
-    inherited = _inherited(finding)
-    if not inherited:
-        return _Shown(finding, (*calls, *related))
-    cause = causes.of(inherited)
-    at_cause = causes.line_of(cause)
-    pointer = ((at_cause, f"{cause}: where the error starts"),) if at_cause is not None else ()
-    return _Shown(_as_inherited(finding, inherited, cause), (*pointer, *calls, *related))
+    library = points.library_lines(finding.points)
+    cause = finding.evidence.get("inherited_from")
+    at_cause = points.line_of(cause)
+
+    def label(loc: Location) -> str:
+        if loc == at_cause:
+            return f"{cause}: where the error starts"
+        if loc in library:
+            return f"{finding.rule}: library code of {', '.join(library[loc])}"
+        return f"{finding.rule}: see also"
+
+    return _Shown(finding, (*calls, *((loc, label(loc)) for loc in finding.related)))
 
 
-def _inherited(finding: Finding) -> list[str]:
-    """The points of a degraded-layer finding when every one inherits its error from upstream.
-
-    ``inherited`` is the core's judgement (rules_error.degraded_layers); an aggregated finding
-    counts only when every point it covers inherits (an entry without its own ``inherited`` is
-    judged by the finding's, its representative's).
-    """
-    if finding.rule != "degraded-layer" or "inherited" not in finding.evidence:
-        return []
-    own = finding.evidence["inherited"]
-    entries = finding.evidence.get("aggregated") or [{"point": name} for name in finding.points]
-    if not all(entry.get("inherited", own) for entry in entries):
-        return []
-    return [entry["point"] for entry in entries]
-
-
-def _as_inherited(finding: Finding, points: list[str], cause: str | None) -> Finding:
-    """The finding as information whose message names the cause (and still says so when its
-    numbers are estimates: the core's note is kept)."""
-    ev = finding.evidence
-    source = f"from {cause}" if cause is not None else "from upstream"
-    numbers = f"cumulative SQNR {ev['cumulative_sqnr_db']:.1f} dB; its own quantization alone keeps " \
-              f"{ev['isolated_sqnr_db']:.1f} dB"
-    if len(points) == 1:
-        message = f"{points[0]} inherits its error {source} ({numbers})"
-    else:
-        others = len(points) - 1
-        message = (f"{points[0]} and {others} other point{'s' if others > 1 else ''} created at this line inherit "
-                   f"their error {source} ({points[0]}: {numbers})")
-    if ev.get("estimate"):
-        message += ESTIMATE_NOTE
-    return dataclasses.replace(finding, severity=Severity.INFO, message=message,
-                               evidence={**ev, "inherited_from": cause})
-
-
-class _Causes:
-    """Where the error of a point that only inherits it comes from.
-
-    The point named by first-divergence when it comes earlier in execution order, else the
-    nearest earlier point that a rule naming a cause (not in ``NOT_A_CAUSE``) reports, else the
-    earliest degraded point before it.
-    """
+class _Points:
+    """The lines of the result's points, for the labels of a diagnostic's related lines."""
 
     def __init__(self, result: AnalysisResult):
-        findings = result.findings
         self.points: dict[str, PointResult] = {p.name: p for p in result.points}
-        self.divergence = next((f.points[0] for f in findings if f.rule == "first-divergence" and f.points), None)
-        self.explained = self._by_order(n for f in findings if f.rule not in NOT_A_CAUSE for n in f.points)
-        self.degraded = self._by_order(n for f in findings if f.rule == "degraded-layer" for n in f.points)
-
-    def _by_order(self, names: Iterable[str]) -> list[str]:
-        return sorted({n for n in names if n in self.points}, key=self._order)
-
-    def _order(self, name: str) -> int:
-        return self.points[name].info.order
-
-    def of(self, group: list[str]) -> str | None:
-        """The cause of the points in ``group`` (strictly before the earliest of them)."""
-        known = [n for n in group if n in self.points]
-        if not known:
-            return None
-        start = min(self._order(n) for n in known)
-        divergence = self.divergence
-        if divergence is not None and divergence in self.points and self._order(divergence) < start:
-            return divergence
-        earlier = [n for n in self.explained if self._order(n) < start]
-        if earlier:
-            return earlier[-1]
-        return next((n for n in self.degraded if self._order(n) < start), None)
 
     def library_lines(self, names: Iterable[str]) -> dict[Location, list[str]]:
         """The library lines (``PointInfo.library_source``) of the named points, each with the
@@ -182,8 +119,8 @@ class _Causes:
         return lines
 
     def line_of(self, name: str | None) -> Location | None:
-        """The line that creates the cause (or applies it, for a point without a creating line)."""
-        if name is None:
+        """The line that creates the point (or applies it, for a point without a creating line)."""
+        if name is None or name not in self.points:
             return None
         info = self.points[name].info
         return info.source or info.call_site
@@ -197,8 +134,7 @@ def _merged(shown: list[_Shown], anchor: Location, rules_doc: str) -> types.Diag
     related = [pair for s in ranked for pair in s.related]
     # information with no measured advice (a fix tried that did not help, or one not
     # re-simulated) stays on its line as a hint and leaves the problems list
-    quiet = all(s.finding.severity is Severity.INFO
-                and (s.finding.evidence.get("withdrawn") or s.finding.evidence.get("unmeasured")) for s in ranked)
+    quiet = all(s.finding.severity is Severity.INFO and unadvised(s.finding) for s in ranked)
     return types.Diagnostic(
         range=_range(anchor),
         message="\n".join(lines),
