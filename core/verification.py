@@ -46,7 +46,9 @@ def candidates(result: AnalysisResult, findings: list[Finding], diagnosis: Diagn
     """The changes worth a re-simulation, most important first, at most
     ``max_verified_changes``: a setting's joint exemption, the fixes of error and warning
     findings that name a cause, the likeliest upstream causes when something is degraded,
-    the fixes of findings that only say where (degraded-layer), then those of info findings."""
+    the fixes of findings that only say where (degraded-layer), then those of info findings,
+    first those whose effect the statistics predict (shift-negative's gain in SQNR at its
+    layers: evidence that the fix changes something), in the findings' order."""
     settings = result.settings
     infos = [p.info for p in result.points]
     chosen: dict[str, Change] = {}
@@ -68,7 +70,9 @@ def candidates(result: AnalysisResult, findings: list[Finding], diagnosis: Diagn
         add(keep_wide([name]) for name, _ in upstream_ranking(result)[:UPSTREAM_CANDIDATES])
     add(c for rule, c in loud if rule in NOT_A_CAUSE)  # "keep it wide to test it", where it shows
     add(covered)
-    add(c for _, s, c in fixes if s is Severity.INFO)
+    quiet = [(f.predicted is None, c) for f in findings if f.severity is Severity.INFO and f.recommendation
+             and (c := f.recommendation.config)]
+    add(c for _, c in sorted(quiet, key=lambda q: q[0]))
     return list(chosen.values())
 
 

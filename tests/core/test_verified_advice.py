@@ -187,6 +187,18 @@ def test_every_fix_offered_states_its_measured_effect(name: str, capped: bool) -
         assert not f.recommendation.config and "Not re-simulated" in f.recommendation.explanation
 
 
+def test_information_with_a_predicted_effect_is_measured_before_information_without() -> None:
+    """deit_tiny has more info fixes than max_verified_changes leaves room for after its
+    warnings: shift-negative, whose statistics predict +4 dB at its layers, is re-simulated
+    before the attention products (no prediction), which findings' order put first."""
+    result = fixture_analysis("deit_tiny")
+    shift = next(f for f in result.findings if f.rule == "shift-negative")
+    assert shift.evidence["verified"]["change"] == {"shift_negative_activation_correction": True}
+    products = [f for f in result.findings if f.rule == "activation-product"]
+    assert products and any(f.evidence.get("unmeasured") for f in products)
+    assert all(f.predicted is None or f.predicted.startswith("measured") for f in products)
+
+
 def test_a_smooth_relu_tail_gets_no_warning_recommending_16_bits() -> None:
     result = fixture_analysis("relu_tail")
     for f in result.findings:
