@@ -126,7 +126,7 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "module calls the unchanged pass recorded before its first point): most of mobilenet_like's and "
         "logits_softmax's verify. "
         "`audio_cnn:activation_n_bits=N` is the same model at N-bit activations, where there are findings and "
-        "their fixes are verified: at 4 bits 6 changes are verified, two of them near the input). "
+        "their fixes are verified: at 4 bits 4 changes are verified: both bit widths, a whole quantized pass, and three points at 16 bits, one of them near the input). "
         "What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
         "small fixtures, whose whole forward takes 1-13 ms, is tens of forwards: there *total, ms* is the number "
