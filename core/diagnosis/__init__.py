@@ -27,7 +27,7 @@ from quantlens.core.errors import Location
 from quantlens.core.findings import Finding, Recommendation, Severity
 from quantlens.core.result import AnalysisResult
 
-__all__ = ["NOT_A_CAUSE", "RULES", "DiagnosisSettings", "diagnose", "inherited_points"]
+__all__ = ["NOT_A_CAUSE", "RULES", "DiagnosisSettings", "diagnose"]
 
 Rule = Callable[[Context], list[Finding]]
 
@@ -218,7 +218,7 @@ def _symptoms_as_information(findings: list[Finding]) -> list[Finding]:
             else f for f in findings]
 
 
-def inherited_points(finding: Finding) -> list[str]:
+def _inherited_points(finding: Finding) -> list[str]:
     """The points of a degraded-layer finding when every one inherits its error from upstream
     (an aggregated entry without its own ``inherited`` is judged by the finding's); else []."""
     if finding.rule != "degraded-layer" or "inherited" not in finding.evidence:
@@ -242,7 +242,7 @@ def _name_causes(findings: list[Finding], result: AnalysisResult) -> list[Findin
     causes = _Causes(result, findings)
     out = []
     for f in findings:
-        points = inherited_points(f)
+        points = _inherited_points(f)
         if not points:
             out.append(f)
             continue
