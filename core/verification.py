@@ -176,7 +176,7 @@ def apply_verified(findings: list[Finding], result: AnalysisResult, verified: li
     top = {"change": best.change, "description": describe(best.change),
            "output_sqnr_db": best.against(result.output).error.sqnr_db,
            "verified_sqnr_db": best.error.sqnr_db, "gain_db": best.gain_db(result.output),
-           "top1_agreement": best.top1_agreement, "tried": len(verified)}
+           "top1_agreement": best.top1_agreement, "batches": len(best.batches), "tried": len(verified)}
     for i, f in enumerate(out):
         if f.recommendation and change_key(f.recommendation.config) == key:
             severity = Severity.WARNING if degraded and f.severity is Severity.INFO else f.severity

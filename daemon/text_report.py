@@ -122,8 +122,11 @@ def format_verdict(result: AnalysisResult, root: Path | None) -> str:
         carrier = next((f for f in result.findings if f.rule == top.get("rule") and f.recommendation
                         and f.recommendation.config == top["change"]), None)
         where = f" at {relative(carrier.location, root)}" if carrier is not None and carrier.location else ""
+        # measured again on every batch when the simulated ones disagreed: its before is then
+        # not the header's (which is the simulated batches')
+        on = f" on all {top['batches']} batches" if top.get("batches", 0) > result.simulation_batches else ""
         first = (f"top recommendation ({top.get('rule')}{where}): {top['description']}, output SQNR "
-                 f"{top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB, measured")
+                 f"{top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB{on}, measured")
     elif result.verified:
         first = f"no change helps: none of the {len(result.verified)} re-simulated gains enough at the output"
     else:

@@ -467,3 +467,18 @@ def test_the_text_report_ends_with_the_top_recommendation_and_the_tally(capsys: 
         f"top recommendation ({top['rule']} at {where}): {top['description']}, output SQNR "
         f"{top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB, measured; {tally}")
     assert top["description"] == "activation_n_bits = 8; weights_n_bits = 8"
+
+
+def test_a_top_measured_on_every_batch_says_so_in_the_closing_line() -> None:
+    """mobilenet_like: the simulated batches disagree about z_threshold = 12 (one gains 1 dB,
+    another not), so it is measured on all 8 batches, whose unchanged output is not the 2
+    simulated batches' SQNR the report's header gives: the closing line names the batches."""
+    from quantlens.daemon.text_report import format_verdict
+    from tests.analyses import fixture_analysis
+
+    result = fixture_analysis("mobilenet_like")
+    top = result.top_recommendation
+    assert top is not None and top["batches"] == 8 > result.simulation_batches == 2
+    assert abs(top["output_sqnr_db"] - result.output.error.sqnr_db) > 0.1  # another set of batches
+    assert (f"output SQNR {top['output_sqnr_db']:.1f} -> {top['verified_sqnr_db']:.1f} dB on all 8 batches, measured"
+            in format_verdict(result, None))
