@@ -10,7 +10,7 @@ steps shows the time left at its measured rate; every stage's time is printed wh
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 WIDTH = 24
@@ -19,6 +19,46 @@ LABELS = {"load": "loading", "calibrate": "calibrating", "thresholds": "threshol
           "report": "report"}
 UNITS = {"verify": "passes", "confirm": "passes", "sensitivity": "passes"}
 """What a stage counts (batches unless said): verification runs one quantized pass per change and batch."""
+
+
+STAGE_SHARES = {"load": 3.0, "calibrate": 52.0, "thresholds": 3.0, "simulate": 15.0, "diagnose": 3.0,
+                "verify": 18.0, "confirm": 2.0, "sensitivity": 2.0, "report": 2.0}
+"""Each stage's percent of a full run, in run order, after the stages' times on audio_cnn
+(BENCHMARKS.md: calibration about half a run, verification a fifth): the bar of a project
+that has not run yet, and the part of a stage its last run did not time."""
+TIMING_KEYS = {"diagnose": "choose"}
+"""A stage's key in the worker's timings, where the two names differ."""
+MIN_SPAN = 1.0
+"""The least percent of the bar a stage gets, so that one the last run found instantaneous
+(no change to verify) still moves the bar when it has work this time."""
+
+
+def spans(timings: Mapping[str, float], recalibrate: bool) -> dict[str, tuple[float, float]]:
+    """Each stage's part of a run's progress bar (percent from, to), in run order, in
+    proportion to its time in the project's last run (the worker's ``timings``): the bar then
+    moves with the time this model takes, not audio_cnn's. A stage that run did not time
+    takes its :data:`STAGE_SHARES` share, scaled to the project's pace by the stages it did;
+    the confirmation is timed within the verification and takes verify's time split by their
+    shares. Without ``recalibrate`` (statistics from the cache) calibration has no part."""
+    stages = [s for s in STAGE_SHARES if recalibrate or s != "calibrate"]
+    measured = {s: float(timings[TIMING_KEYS.get(s, s)]) for s in stages if TIMING_KEYS.get(s, s) in timings}
+    if "verify" in measured and "confirm" in stages:
+        both = measured.pop("verify")
+        whole = STAGE_SHARES["verify"] + STAGE_SHARES["confirm"]
+        measured["verify"], measured["confirm"] = (both * STAGE_SHARES[s] / whole for s in ("verify", "confirm"))
+    timed = sum(measured.values())
+    scale = timed / sum(STAGE_SHARES[s] for s in measured) if timed > 0 else 0.0
+    seconds = {s: measured[s] if scale and s in measured else STAGE_SHARES[s] * (scale or 1.0) for s in stages}
+    total = sum(seconds.values())
+    widths = {s: max(100.0 * seconds[s] / total, MIN_SPAN) for s in stages}
+    norm = 100.0 / sum(widths.values())
+    out: dict[str, tuple[float, float]] = {}
+    at = 0.0
+    for s in stages:
+        end = 100.0 if s == stages[-1] else at + widths[s] * norm
+        out[s] = (at, end)
+        at = end
+    return out
 
 
 class StageClock:

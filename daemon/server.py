@@ -39,7 +39,7 @@ from quantlens.daemon.lsp.hover import hover
 from quantlens.daemon.lsp.inlay_hints import inlay_hints
 from quantlens.daemon.lsp.lines import LineIndex, resolved
 from quantlens.daemon.options import ServerOptions, parse_options
-from quantlens.daemon.progress import StageClock
+from quantlens.daemon.progress import StageClock, spans
 from quantlens.daemon.project import Plan, Project, Snapshot
 from quantlens.daemon.watcher import Debouncer, FileWatcher
 from quantlens.daemon.workers import RunOutcome, WorkerPool
@@ -51,11 +51,6 @@ LAYERS = "quantlens/layers"
 DEBOUNCE_S = 0.25
 REPORT_FOLDER = Path(".quantlens") / "report"
 RULES_DOC = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
-STAGES = {"load": (0, 3), "calibrate": (3, 55), "thresholds": (55, 58), "simulate": (58, 73), "diagnose": (73, 76),
-          "verify": (76, 94), "confirm": (94, 96), "sensitivity": (96, 98), "report": (98, 100)}
-"""Share of a full run's progress bar per stage (percent from, to), after the stages' times
-on audio_cnn (BENCHMARKS.md: calibration is about half of a run, verification a fifth). A run
-on a cached calibration spreads the stages after calibration over the whole bar."""
 
 log = logging.getLogger("quantlens.server")
 
@@ -206,9 +201,10 @@ class QuantlensServer(LanguageServer):
         loop = asyncio.get_running_loop()
 
         clock = StageClock()
+        bar = spans(project.timings, plan.recalibrate)  # this project's last run's pace
 
         def on_progress(stage: str, count: int, total: int | None) -> None:
-            loop.call_soon_threadsafe(self._progress, project, progress, plan, clock, stage, count, total)
+            loop.call_soon_threadsafe(self._progress, project, progress, bar, clock, stage, count, total)
 
         self.status(project, "analysing", percentage=0, message="starting")
         self.worker_project = project.directory
@@ -233,15 +229,13 @@ class QuantlensServer(LanguageServer):
             future.add_done_callback(lambda f: self.pool.cancel() if f.cancelled() and self.pool else None)
         return token
 
-    def _progress(self, project: Project, token: str | None, plan: Plan, clock: StageClock, stage: str, count: int,
-                  total: int | None) -> None:
-        """Report a worker's progress: the run's share done, and the stage in words with the
-        time it has left ("verifying 3/12 passes, 0.8 s left")."""
+    def _progress(self, project: Project, token: str | None, bar: dict[str, tuple[float, float]], clock: StageClock,
+                  stage: str, count: int, total: int | None) -> None:
+        """Report a worker's progress: the run's share done (each stage's part of the bar from
+        :func:`progress.spans`), and the stage in words with the time it has left ("verifying
+        3/12 passes, 0.8 s left")."""
         clock.enter(stage)
-        low, high = STAGES.get(stage, STAGES["report"])
-        if not plan.recalibrate and stage not in ("load", "calibrate"):  # calibration cached: the rest fills the bar
-            after = STAGES["calibrate"][1]
-            low, high = (3 + (v - after) * 97 / (100 - after) for v in (low, high))
+        low, high = bar.get(stage, bar["report"])
         share = min(count / total, 1.0) if total else 0.0
         percentage = int(low + (high - low) * share)
         message = clock.text(stage, count, total)
