@@ -75,6 +75,12 @@ class PointInfo:
     forward that applied the op (its residual add). A secondary location beside ``source``,
     which stays the workspace line; None when the workspace created or applied it directly."""
 
+    @property
+    def line(self) -> Location | None:
+        """The workspace line a finding about the point is shown at: where it is created, or
+        where it is applied for a point without a creating line."""
+        return self.source or self.call_site
+
     def to_json(self) -> dict[str, Any]:
         """What the result JSON says about the point itself (docs/result-format.md)."""
         return {

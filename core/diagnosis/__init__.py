@@ -259,7 +259,7 @@ def _name_causes(findings: list[Finding], result: AnalysisResult) -> list[Findin
                        f"inherit their error {source} ({points[0]}: {numbers}); points: {_named(points)}")
         explanation = (f"Fix {cause or 'the point where the error starts'} first: {points[0]}'s own quantization "
                        "passes, so keeping it wide would not remove the error it receives.")
-        at_cause = causes.line_of(cause)
+        at_cause = causes.points[cause].info.line if cause is not None else None
         pointer = (at_cause,) if at_cause is not None and at_cause not in f.locations else ()
         out.append(dataclasses.replace(
             f, severity=Severity.INFO, message=message, evidence={**ev, "inherited_from": cause},
@@ -297,13 +297,6 @@ class _Causes:
         if earlier:
             return earlier[-1]
         return next((n for n in self.degraded if self._order(n) < start), None)
-
-    def line_of(self, name: str | None) -> Location | None:
-        """The line that creates the point (or applies it, for one without a creating line)."""
-        if name is None or name not in self.points:
-            return None
-        info = self.points[name].info
-        return info.source or info.call_site
 
 
 def _order(result: AnalysisResult, finding: Finding) -> int:

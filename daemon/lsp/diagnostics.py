@@ -90,7 +90,7 @@ def _shown(finding: Finding, points: _Points) -> _Shown:
     calls = tuple((loc, f"{finding.rule}: applied here in forward") for loc in finding.locations[1:])
     library = points.library_lines(finding.points)
     cause = finding.evidence.get("inherited_from")
-    at_cause = points.line_of(cause)
+    at_cause = points.points[cause].info.line if cause in points.points else None
 
     def label(loc: Location) -> str:
         if loc == at_cause:
@@ -103,7 +103,7 @@ def _shown(finding: Finding, points: _Points) -> _Shown:
 
 
 class _Points:
-    """The lines of the result's points, for the labels of a diagnostic's related lines."""
+    """The result's points by name, for the labels of a diagnostic's related lines."""
 
     def __init__(self, result: AnalysisResult):
         self.points: dict[str, PointResult] = {p.name: p for p in result.points}
@@ -117,13 +117,6 @@ class _Points:
             if point is not None and point.info.library_source is not None:
                 lines.setdefault(point.info.library_source, []).append(name)
         return lines
-
-    def line_of(self, name: str | None) -> Location | None:
-        """The line that creates the point (or applies it, for a point without a creating line)."""
-        if name is None or name not in self.points:
-            return None
-        info = self.points[name].info
-        return info.source or info.call_site
 
 
 def _merged(shown: list[_Shown], anchor: Location, rules_doc: str) -> types.Diagnostic:
