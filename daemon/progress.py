@@ -47,8 +47,11 @@ def spans(timings: Mapping[str, float], recalibrate: bool) -> dict[str, tuple[fl
         whole = STAGE_SHARES["verify"] + STAGE_SHARES["confirm"]
         measured["verify"], measured["confirm"] = (both * STAGE_SHARES[s] / whole for s in ("verify", "confirm"))
     timed = sum(measured.values())
-    scale = timed / sum(STAGE_SHARES[s] for s in measured) if timed > 0 else 0.0
-    seconds = {s: measured[s] if scale and s in measured else STAGE_SHARES[s] * (scale or 1.0) for s in stages}
+    if timed > 0:
+        scale = timed / sum(STAGE_SHARES[s] for s in measured)
+    else:  # no run yet (or one that timed nothing): the default shares
+        measured, scale = {}, 1.0
+    seconds = {s: measured.get(s, STAGE_SHARES[s] * scale) for s in stages}
     total = sum(seconds.values())
     widths = {s: max(100.0 * seconds[s] / total, MIN_SPAN) for s in stages}
     norm = 100.0 / sum(widths.values())
