@@ -130,7 +130,7 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "and three points at 16 bits, one of them near the input). "
         "What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
-        "small fixtures, whose whole forward takes 1-13 ms, is tens of forwards: there *total, ms* is the number "
+        "small fixtures, whose whole forward takes 0.7-20 ms, is tens of forwards: there *total, ms* is the number "
         "that matters for a save. Between runs on this shared machine a ratio moves by up to 10%.",
         "",
         "| fixture | batches (simulated) | changes verified | plain forward | calibrate | thresholds | simulate "
