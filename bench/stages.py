@@ -37,7 +37,8 @@ from quantlens.core.torch_engine.pipeline import measure_project
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ["audio_cnn", "audio_cnn:activation_n_bits=6", "audio_cnn:activation_n_bits=5",
             "audio_cnn:activation_n_bits=4", "mobilenet_like", "deit_tiny", "frame_tagger", "logits_softmax", "two_branch_concat",
-            "activations_zoo", "clean_mlp", "bench/resnet18_like"]
+            "activations_zoo", "clean_mlp", "bench/resnet18_like",
+            'bench/resnet18_like:data="data.py:eight_batches"']
 STAGES = ("calibrate", "thresholds", "simulate", "choose", "verify")
 HEADING = "## Full analysis by stage"
 

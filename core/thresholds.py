@@ -90,11 +90,19 @@ def candidate_thresholds(max_abs: float, power_of_two: bool = True) -> np.ndarra
     """Candidate thresholds, largest (no clipping) first."""
     if not max_abs > 0 or not math.isfinite(max_abs):
         return np.array([1.0])
+    return candidate_rows(np.array([max_abs], dtype=np.float64), power_of_two)[0]
+
+
+def candidate_rows(max_abs: np.ndarray, power_of_two: bool = True) -> np.ndarray:
+    """:func:`candidate_thresholds` of each positive, finite ``max_abs`` at once, (C, K): the
+    weights search every output channel, thousands in a large model. The power-of-two start
+    is 2^ceil(log2 m), read exactly from m's exponent (m = f * 2^e, f in [0.5, 1))."""
     if power_of_two:
-        k_max = math.ceil(math.log2(max_abs))
-        return 2.0 ** np.arange(k_max, k_max - POT_SEARCH_OCTAVES - 1, -1, dtype=np.float64)
+        fraction, exponent = np.frexp(max_abs)
+        k_max = exponent - (fraction == 0.5)
+        return np.ldexp(1.0, k_max[:, None] - np.arange(POT_SEARCH_OCTAVES + 1))
     steps = np.arange(POT_SEARCH_OCTAVES * FREE_STEPS_PER_OCTAVE + 1, dtype=np.float64)
-    return max_abs * 2.0 ** (-steps / FREE_STEPS_PER_OCTAVE)
+    return max_abs[:, None] * 2.0 ** (-steps / FREE_STEPS_PER_OCTAVE)
 
 
 def remove_outliers(dist: Distribution, z_threshold: float) -> Distribution:

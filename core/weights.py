@@ -13,7 +13,7 @@ import numpy as np
 from quantlens.core.distribution import Distribution
 from quantlens.core.metrics import sqnr_from_sums
 from quantlens.core.quantizer import fake_quantize
-from quantlens.core.thresholds import ErrorMethod, argmin_prefer_large_rows, candidate_thresholds, search_threshold
+from quantlens.core.thresholds import ErrorMethod, argmin_prefer_large_rows, candidate_rows, search_threshold
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def _searched_thresholds(rows: np.ndarray, max_abs: np.ndarray, n_bits: int, met
     Candidates run from the largest down, and a block of channels stops at the first one no
     later candidate can beat (:func:`_clipping_floor`): the same choice as scoring all 17 (257
     free), in two or three passes over the weights at 8 bits."""
-    cands = np.stack([candidate_thresholds(float(m), pot) for m in max_abs])  # (C, K)
+    cands = candidate_rows(max_abs, pot)  # (C, K)
     if method is ErrorMethod.NOCLIPPING:
         covering = cands >= max_abs[:, None]
         last = covering.shape[1] - 1 - np.argmax(covering[:, ::-1], axis=1)

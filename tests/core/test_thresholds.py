@@ -98,7 +98,8 @@ def test_reference_quantizer_matches_the_core_quantizer():
 
 
 def test_reference_candidates_match_the_core():
-    for m in (1e-30, 3e-3, 0.49, 0.5, 0.51, 1.0, 1.7, 1024.0, 1025.0, 3.3e30):
+    # one ulp above a power of two: a floating-point log2 rounds to the power, whose candidate clips
+    for m in (1e-30, 3e-3, 0.49, 0.5, 0.51, 1.0, 1.7, 1024.0, 1025.0, 3.3e30, float(np.nextafter(2.0**60, np.inf))):
         np.testing.assert_array_equal(ref.candidates_for(m, True), candidate_thresholds(m, True))
         np.testing.assert_allclose(ref.candidates_for(m, False), candidate_thresholds(m, False),
                                    rtol=1e-15)
