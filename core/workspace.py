@@ -89,7 +89,7 @@ class Workspace:
         found: Location | None = None
         for frame, line in traceback.walk_tb(exc.__traceback__):
             if self.contains(frame.f_code.co_filename):
-                found = Location(str(Path(frame.f_code.co_filename).resolve()), line or 0)
+                found = Location(_resolved(frame.f_code.co_filename), line or 0)
         return found
 
     def frames(self, frame: FrameType | None, skip_self: object | None = None) -> list[Location]:
@@ -100,7 +100,7 @@ class Workspace:
             if self.contains(code.co_filename) and not (
                 skip_self is not None and frame.f_locals.get("self") is skip_self
             ):
-                loc = Location(str(Path(code.co_filename).resolve()), frame.f_lineno)
+                loc = Location(_resolved(code.co_filename), frame.f_lineno)
                 if not out or out[-1] != loc:  # a comprehension repeats its caller's line
                     out.append(loc)
             frame = frame.f_back
@@ -126,4 +126,6 @@ class Workspace:
 
 @functools.lru_cache(maxsize=4096)
 def _resolved(filename: str) -> str:
+    """A frame's file as an absolute, resolved path: asked for every module built and every op
+    discovered (a resolve is a few system calls), always of the same few files."""
     return str(Path(filename).resolve())
