@@ -129,10 +129,15 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "`audio_cnn:activation_n_bits=N` is the same model at N-bit activations, where there are findings and "
         "their fixes are verified: at 4 bits 4 changes are verified: both bit widths, a whole quantized pass, "
         "and three points at 16 bits, one of them near the input). "
+        "`bench/resnet18_like` (a residual network of 11.7 M parameters, 39 points) is given twice: on its "
+        "config's 2 batches, where the simulation covers every batch (the float passes replayed, the quantized "
+        "pass and each weighted layer's isolated rerun on its float input still run, about 2.8x), and on 8 "
+        "(`data.py:eight_batches`), the fixtures' count, where it covers a quarter of them. "
         "What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
-        "small fixtures, whose whole forward takes 0.7-20 ms, is tens of forwards: there *total, ms* is the number "
-        "that matters for a save. Between runs on this shared machine a ratio moves by up to 10%.",
+        "small fixtures, whose whole forward takes 0.5-20 ms, is tens of forwards: there *total, ms* is the number "
+        "that matters for a save. Between runs on this shared machine a ratio moves by up to 30% (audio_cnn "
+        "at 5 bits gave 3.67x here, 4.78x in a 7-round run an hour before, its simulation 0.69x against 0.88x).",
         "",
         "| fixture | batches (simulated) | changes verified | plain forward | calibrate | thresholds | simulate "
         "| choose | verify | **total** | total, ms | final diagnosis |",
