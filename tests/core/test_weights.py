@@ -98,3 +98,25 @@ def test_a_dead_output_channel_is_quantized_to_zeros_and_the_rest_searched():
         assert report.thresholds[i] == _brute_force(w[i], 8, 2.0)
     wq, _ = quantize_weights("0", w, 0, 8)
     assert not wq[1].any()
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_the_report_statistics_are_those_of_the_raw_and_quantized_weights(per_channel):
+    """mean, std, MSE, SQNR, the worst channel's SQNR and the DeiT change score, each
+    recomputed with numpy from the weights and the quantizer written out again (:func:`_fq`)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(3, size=(5, 4, 3, 3)) * 0.05 + 0.01
+    w[2] *= 20.0  # one wide channel, so a per-tensor grid flattens the others
+    wq, report = quantize_weights("conv", w, 0, 8, per_channel=per_channel)
+    t = report.thresholds.reshape(-1, 1, 1, 1) if per_channel else report.thresholds[0]
+    expected = _fq(w, t, 8)
+    np.testing.assert_array_equal(wq, expected)
+    noise = (expected - w) ** 2
+    assert report.mean == pytest.approx(w.mean(), rel=1e-12)
+    assert report.std == pytest.approx(w.std(), rel=1e-12)
+    assert report.mse == pytest.approx(noise.mean(), rel=1e-12)
+    assert report.sqnr_db == pytest.approx(10 * np.log10(np.sum(w**2) / noise.sum()), rel=1e-9)
+    per_channel_db = 10 * np.log10(np.sum(w**2, axis=(1, 2, 3)) / noise.sum(axis=(1, 2, 3)))
+    assert report.worst_channel_sqnr_db == pytest.approx(per_channel_db.min(), rel=1e-9)
+    change = abs(expected.mean() - w.mean()) / abs(w.mean()) + abs(expected.std() - w.std()) / w.std()
+    assert report.change_score == pytest.approx(change, rel=1e-9)
