@@ -136,8 +136,8 @@ def render(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "What does not (the threshold search of every point "
         "and error method, the diagnosis, Python per call) is tens to hundreds of milliseconds, which on the "
         "small fixtures, whose whole forward takes 0.5-20 ms, is tens of forwards: there *total, ms* is the number "
-        "that matters for a save. Between runs on this shared machine a ratio moves by up to 30% (audio_cnn "
-        "at 5 bits gave 3.67x here, 4.78x in a 7-round run an hour before, its simulation 0.69x against 0.88x).",
+        "that matters for a save. Between runs on this shared machine a ratio moves by up to 30% (on 2026-12-02, "
+        "two runs an hour apart gave audio_cnn at 5 bits 4.78x and 3.67x, its simulation 0.88x and 0.69x).",
         "",
         "| fixture | batches (simulated) | changes verified | plain forward | calibrate | thresholds | simulate "
         "| choose | verify | **total** | total, ms | final diagnosis |",
